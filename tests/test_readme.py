@@ -1,0 +1,26 @@
+"""README code blocks run as tests, so the docs cannot drift (LitServe's test_readme).
+
+The ``python`` blocks run in order, in one namespace, in a scratch working directory, as a reader would
+paste them into one session.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_blocks_run(tmp_path: Path, monkeypatch) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__readme__"}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"README.md python block {i}", "exec"), namespace)
+
+
+def test_readme_lists_exactly_two_setup_commands() -> None:
+    setup = README.read_text().split("\n## ", 2)[1]
+    assert re.findall(r"^make \w+", setup, flags=re.MULTILINE) == ["make demo", "make test"]

@@ -1,0 +1,183 @@
+"""The ``torchship`` command: parse arguments -> one options object -> call the library -> print.
+
+Errors print as one line on stderr with exit code 1 (2 for usage errors); ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .errors import TorchshipError
+from .options import DEFAULT_SEQ_LENGTHS, FORMATS, TASKS, parse_int_list
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchship", description="Export Hugging Face encoders to validated artifacts and run them."
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="export a checkpoint to an artifact directory")
+    p.add_argument("model", metavar="MODEL", help="checkpoint directory, cached hub id, or 'demo'")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR")
+    p.add_argument("--task", default="auto", choices=["auto", *TASKS])
+    p.add_argument("--format", default="torchscript", help=f"comma list of: {', '.join(FORMATS)}")
+    p.add_argument(
+        "--seq-lengths", default=",".join(map(str, DEFAULT_SEQ_LENGTHS)), help="traced sequence-length buckets"
+    )
+    p.add_argument("--batch-size", type=int, default=2, help="batch the trace is taken at (batch stays dynamic)")
+    p.add_argument("--atol", type=float, default=1e-4, help="max abs diff allowed against the eager model")
+    p.add_argument("--max-length", type=int, default=None, help="cap on the longest bucket")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
+
+    p = sub.add_parser("predict", help="run texts through an artifact")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("texts", metavar="TEXT", nargs="*")
+    p.add_argument("--file", type=Path, help="read texts from a file: one per line, or JSON lines with 'text'")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--truncation", default="warn", choices=["warn", "error"])
+    p.add_argument("--top-k", type=int, default=None, help="fill-mask / text-classification candidates")
+
+    p = sub.add_parser("info", help="summarize an artifact's manifest")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--json", action="store_true", help="print the whole manifest")
+
+    p = sub.add_parser("validate", help="re-check an artifact's parity against the eager model")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--model", required=True, help="checkpoint directory, cached hub id, or 'demo'")
+    p.add_argument("--atol", type=float, default=None, help="default: the atol recorded at export")
+    p.add_argument("--batch-size", type=int, default=3)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own deprecation notices
+            warnings.filterwarnings("always", category=UserWarning, module="torchship")
+            return int(_COMMANDS[args.command](args))
+    except (TorchshipError, OSError) as e:
+        if args.debug:
+            raise
+        message = str(e).replace("\n", "\n  ")
+        print(f"torchship {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _export(args: argparse.Namespace) -> int:
+    from . import export
+    from .options import ExportOptions
+
+    options = ExportOptions(
+        task=args.task,
+        formats=tuple(f.strip() for f in args.format.split(",") if f.strip()),
+        seq_lengths=parse_int_list(args.seq_lengths, name="--seq-lengths"),
+        batch_size=args.batch_size,
+        atol=args.atol,
+        max_length=args.max_length,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    path = export(args.model, args.output_dir, options)
+    _print_info(path)
+    return 0
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    texts = list(args.texts)
+    if args.file is not None:
+        for i, line in enumerate(args.file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("{"):
+                try:
+                    texts.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise TorchshipError(f"{args.file}:{i}: expected a JSON object with a 'text' field ({e})") from e
+            else:
+                texts.append(line)
+    return texts
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from . import load
+
+    texts = _read_texts(args)
+    predictor = load(args.artifact, truncation=args.truncation)
+    kwargs: dict[str, Any] = {} if args.top_k is None else {"top_k": args.top_k}
+    results = predictor(texts, **kwargs)
+    if predictor.task == "feature-extraction":
+        rows: list[Any] = results.tolist()
+        if args.json:
+            print(json.dumps({"embeddings": rows, "dim": results.shape[1]}))
+        else:
+            for text, row in zip(texts, rows, strict=True):
+                head = ", ".join(f"{x:+.4f}" for x in row[:6])
+                print(f"{text[:50]!r:54} [{head}, ...] dim={len(row)}")
+        return 0
+    print(json.dumps(results, indent=None if args.json else 2))
+    return 0
+
+
+def _print_info(path: str | Path) -> None:
+    from .artifact import read_manifest
+
+    m = read_manifest(Path(path))
+    print(f"artifact      {path}")
+    print(f"source        {m['source']['model']}")
+    print(f"task          {m['task']} ({m['architecture']['class']}, model_type {m['architecture']['model_type']})")
+    print(f"inputs        {', '.join(m['inputs'])}")
+    print(f"outputs       {', '.join(m['outputs'])}")
+    print(f"dtype         {m['dtype']}   max_length {m['max_length']}   inference_only {m['inference_only']}")
+    if m.get("pooling"):
+        print(f"pooling       {m['pooling']['mode']}, normalize={m['pooling']['normalize']}")
+    for fmt, entries in m["formats"].items():
+        print(f"{fmt:13} {len(entries)} bucket(s)")
+        for e in entries:
+            parity = e.get("parity") or {}
+            diffs = parity.get("max_abs_diff", {})
+            worst = max(diffs.values(), default=float("nan"))
+            status = "ok" if parity.get("passed") else "FAILED"
+            batch = "dynamic" if e["batch"] is None else e["batch"]
+            print(f"  seq {e['seq']:>5}  batch {batch:>7}  {e['file']}:{e['method']}  parity {status} max {worst:.2e}")
+    size = sum((Path(path) / f).stat().st_size for f in m["files"])
+    print(f"files         {len(m['files'])}, {size / 1e6:.1f} MB, sha256-checked on load")
+
+
+def _info(args: argparse.Namespace) -> int:
+    if args.json:
+        from .artifact import read_manifest
+
+        print(json.dumps(read_manifest(Path(args.artifact)), indent=2))
+    else:
+        _print_info(args.artifact)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .exporter import validate_artifact
+
+    report = validate_artifact(args.artifact, args.model, atol=args.atol, batch=args.batch_size)
+    for seq, diffs in report.max_abs_diff.items():
+        for name, diff in diffs.items():
+            mark = "ok" if diff <= report.atol else "FAIL"
+            print(f"seq {seq:>5}  {name:20} max abs diff {diff:.3e}  (atol {report.atol:g})  {mark}")
+    report.raise_on_failure("torchscript")
+    print("parity ok")
+    return 0
+
+
+_COMMANDS = {"export": _export, "predict": _predict, "info": _info, "validate": _validate}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Artifact formats. Each module offers the same pair: ``export(...)`` and ``load(...)``."""

@@ -1,0 +1,100 @@
+"""Frozen, keyword-only option objects: one object travels instead of many keyword arguments.
+
+Every field is checked in ``__post_init__``, so a bad value fails where it is written, with a message
+that names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import OptionsError
+
+TASKS = (
+    "feature-extraction",
+    "fill-mask",
+    "text-classification",
+    "token-classification",
+    "question-answering",
+)
+FORMATS = ("torchscript",)
+TRUNCATION = ("warn", "error")
+DEFAULT_SEQ_LENGTHS = (16, 32, 64, 128, 256)
+
+
+def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
+    """Parse ``"16,32,64"`` into ``(16, 32, 64)``; the error names the option and the bad item."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise OptionsError(f"{name} is empty; give a comma list of integers such as 16,32,64")
+    values = []
+    for item in items:
+        try:
+            values.append(int(item))
+        except ValueError as e:
+            raise OptionsError(f"{name}: {item!r} is not an integer; give a comma list such as 16,32,64") from e
+    return tuple(values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """What ``torchship.export`` builds.
+
+    ``seq_lengths`` are the traced sequence-length buckets; ``batch_size`` is the batch the trace is taken
+    at (validation always runs at a different one); ``max_length`` caps the longest bucket, defaulting to
+    the smaller of the model's position limit and sentence-transformers' ``max_seq_length``.
+    """
+
+    task: str = "auto"
+    formats: tuple[str, ...] = ("torchscript",)
+    seq_lengths: tuple[int, ...] = DEFAULT_SEQ_LENGTHS
+    batch_size: int = 2
+    atol: float = 1e-4
+    max_length: int | None = None
+    overwrite: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.task != "auto" and self.task not in TASKS:
+            raise OptionsError(f"task {self.task!r} is not supported; choose one of: auto, {', '.join(TASKS)}")
+        if not self.formats:
+            raise OptionsError(f"formats is empty; choose from: {', '.join(FORMATS)}")
+        for fmt in self.formats:
+            if fmt not in FORMATS:
+                raise OptionsError(f"format {fmt!r} is not supported; choose from: {', '.join(FORMATS)}")
+        if not self.seq_lengths:
+            raise OptionsError("seq_lengths is empty; give at least one length such as 128")
+        if any(s < 2 for s in self.seq_lengths):
+            raise OptionsError(
+                f"seq_lengths {list(self.seq_lengths)} has a length below 2; every bucket must hold [CLS] and [SEP]"
+            )
+        if len(set(self.seq_lengths)) != len(self.seq_lengths):
+            raise OptionsError(f"seq_lengths {list(self.seq_lengths)} repeats a length; list each bucket once")
+        if self.batch_size < 1:
+            raise OptionsError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.atol > 0:
+            raise OptionsError(f"atol must be > 0, got {self.atol}")
+        if self.max_length is not None and self.max_length < 2:
+            raise OptionsError(f"max_length must be >= 2, got {self.max_length}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions:
+    """How ``torchship.load`` opens an artifact.
+
+    ``truncation="warn"`` cuts texts longer than the longest bucket and warns; ``"error"`` refuses them.
+    ``batch_size`` bounds the texts run together; ``verify`` checks every file's sha256 first.
+    """
+
+    format: str | None = None
+    truncation: str = "warn"
+    batch_size: int = 32
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in FORMATS:
+            raise OptionsError(f"format {self.format!r} is not supported; choose from: {', '.join(FORMATS)}")
+        if self.truncation not in TRUNCATION:
+            raise OptionsError(f"truncation {self.truncation!r} is invalid; choose 'warn' or 'error'")
+        if self.batch_size < 1:
+            raise OptionsError(f"batch_size must be >= 1, got {self.batch_size}")

@@ -1,0 +1,220 @@
+"""The runtime: tokenize -> bucket -> run -> post-process. Imports torch, tokenizers and numpy only."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import artifact
+from .errors import ArtifactError, InputError, SequenceTooLongError, UnsupportedModelError
+from .formats import torchscript
+from .options import LoadOptions
+from .tasks import Batch, feature_extraction, fill_mask, text_classification
+from .tokenize import Encoded, TextEncoder, check_texts, pad_rows
+
+ArrayLike = torch.Tensor | np.ndarray | Sequence[Sequence[int]]
+
+
+def load(path: str | Path, **options: Any) -> Predictor:
+    """Open an artifact directory; ``options`` are ``LoadOptions`` fields (unknown keys are an error)."""
+    try:
+        opts = LoadOptions(**options)
+    except TypeError as e:
+        raise InputError(f"{e}; valid options are: format, truncation, batch_size, verify") from e
+    root = Path(path)
+    manifest = artifact.read_manifest(root)
+    if opts.verify:
+        artifact.verify(root, manifest)
+    return Predictor(root, manifest, opts)
+
+
+class Predictor:
+    """A loaded artifact. ``predictor(texts)`` gives task outputs; ``predictor.run(...)`` raw tensors."""
+
+    def __init__(self, root: Path, manifest: artifact.Manifest, options: LoadOptions) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.options = options
+        self.task: str = manifest["task"]
+        self.input_names: tuple[str, ...] = tuple(manifest["inputs"])
+        self.output_names: tuple[str, ...] = tuple(manifest["outputs"])
+        self._seq_axis = {name: axes.index("seq") for name, axes in manifest["output_axes"].items() if "seq" in axes}
+        self.format = options.format or next(iter(manifest["formats"]))
+        entries = manifest["formats"].get(self.format)
+        if not entries:
+            raise ArtifactError(
+                f"artifact {root} has no {self.format!r} format; it holds: {', '.join(manifest['formats'])}",
+                path=root,
+            )
+        self.buckets: list[int] = sorted(int(e["seq"]) for e in entries)
+        self.max_length = self.buckets[-1]
+        tok = manifest["tokenizer"]
+        self.pad_token_id = int(tok["pad_token_id"])
+        self.encoder = TextEncoder(
+            root / tok["dir"] / "tokenizer.json", max_length=self.max_length, truncation=options.truncation
+        )
+        self._runners = torchscript.load(root / entries[0]["file"], self.buckets)
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def __repr__(self) -> str:
+        return f"Predictor(task={self.task!r}, format={self.format!r}, buckets={self.buckets}, path={str(self.root)!r})"
+
+    # ---- raw tensors -------------------------------------------------------------------------------------------
+
+    def bucket_for(self, seq: int) -> int:
+        """The smallest traced length that holds ``seq`` tokens."""
+        i = bisect.bisect_left(self.buckets, seq)
+        if i == len(self.buckets):
+            raise SequenceTooLongError(
+                f"sequence length {seq} exceeds the longest traced length {self.max_length}; "
+                "truncate the input or export with a longer --seq-lengths bucket"
+            )
+        return self.buckets[i]
+
+    def run(
+        self,
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        token_type_ids: ArrayLike | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run raw inputs of any (batch, seq) within range; pads to a bucket inside, cuts outputs back."""
+        ids = _as_2d_long(input_ids, "input_ids")
+        given = {"input_ids": ids}
+        if attention_mask is not None:
+            given["attention_mask"] = _as_2d_long(attention_mask, "attention_mask", like=ids)
+        if token_type_ids is not None:
+            if "token_type_ids" not in self.input_names:
+                raise InputError(
+                    f"this {self.manifest['architecture']['model_type']} artifact takes no token_type_ids "
+                    f"(its inputs are {list(self.input_names)}); drop the argument"
+                )
+            given["token_type_ids"] = _as_2d_long(token_type_ids, "token_type_ids", like=ids)
+        batch, seq = ids.shape
+        bucket = self.bucket_for(seq)
+        padded = self._pad(given, bucket)
+        outputs = self._execute(padded, real=int(padded["attention_mask"].sum()))
+        return {name: self._cut(name, out, seq) for name, out in outputs.items()}
+
+    def _pad(self, given: dict[str, torch.Tensor], bucket: int) -> dict[str, torch.Tensor]:
+        ids = given["input_ids"]
+        batch, seq = ids.shape
+        defaults = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+        padded = {}
+        for name in self.input_names:
+            out = torch.full((batch, bucket), defaults[name], dtype=torch.long)  # (batch, bucket)
+            if name in given:
+                out[:, :seq] = given[name]
+            elif name == "attention_mask":
+                out[:, :seq] = 1
+            padded[name] = out
+        return padded
+
+    def _execute(self, padded: dict[str, torch.Tensor], *, real: int) -> dict[str, torch.Tensor]:
+        ids = padded["input_ids"]
+        runner = self._runners[ids.shape[1]]
+        with torch.inference_mode():
+            outputs = runner(*(padded[name] for name in self.input_names))
+        self.real_tokens += real
+        self.padded_tokens += ids.numel()
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def seq_axis(self, name: str) -> int | None:
+        """The sequence axis of output ``name``, or None when it has none (``pooler_output``)."""
+        return self._seq_axis.get(name)
+
+    def _cut(self, name: str, tensor: torch.Tensor, seq: int) -> torch.Tensor:
+        axis = self._seq_axis.get(name)
+        return tensor if axis is None else tensor.narrow(axis, 0, seq)
+
+    # ---- texts -------------------------------------------------------------------------------------------------
+
+    def encode(self, texts: object) -> Encoded:
+        """Tokenize texts (or ``(text, text_pair)`` tuples) without padding, after checking them."""
+        return self.encoder.encode(check_texts(texts))
+
+    def batches(self, encoded: Encoded) -> list[tuple[list[int], Batch]]:
+        """Run encoded texts sorted by length in micro-batches, each padded only to its own bucket."""
+        lengths = encoded.lengths
+        order = np.argsort(-lengths, kind="stable").tolist()
+        size = self.options.batch_size
+        done = []
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            bucket = self.bucket_for(int(lengths[rows[0]]))
+            padded = self.pad_rows(encoded, rows, bucket)
+            outputs = self._execute(padded, real=int(lengths[rows].sum()))
+            done.append(
+                (rows, Batch(padded["input_ids"], padded["attention_mask"], outputs, [int(lengths[r]) for r in rows]))
+            )
+        return done
+
+    def pad_rows(self, encoded: Encoded, rows: list[int], bucket: int) -> dict[str, torch.Tensor]:
+        return pad_rows(encoded, rows, bucket, input_names=self.input_names, pad_token_id=self.pad_token_id)
+
+    def __call__(self, inputs: object, **kwargs: Any) -> Any:
+        """Task outputs, shaped as transformers pipelines (feature extraction: an (n, dim) float32 array)."""
+        single = isinstance(inputs, str) or (isinstance(inputs, tuple) and len(inputs) == 2)
+        encoded = self.encode(inputs)
+        post = self._postprocessor(**kwargs)
+        results: list[Any] = [None] * len(encoded.ids)
+        for rows, batch in self.batches(encoded):
+            for r, result in zip(rows, post(batch), strict=True):
+                results[r] = result
+        if self.task == "feature-extraction":
+            return np.stack([r.numpy() for r in results]).astype(np.float32, copy=False)
+        return results[0] if single else results
+
+    def _postprocessor(self, **kwargs: Any) -> Any:
+        allowed = {"fill-mask": {"top_k"}, "text-classification": {"top_k"}}.get(self.task, set())
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise InputError(
+                f"unknown option(s) {sorted(unknown)} for task {self.task}; valid: {sorted(allowed) or 'none'}"
+            )
+        m = self.manifest
+        if self.task == "feature-extraction":
+            return lambda b: feature_extraction.postprocess(b, pooling=m["pooling"])
+        if self.task == "fill-mask":
+            mask_id = self.encoder.token_to_id(m["tokenizer"]["mask_token"])
+            if mask_id is None:
+                raise ArtifactError("the tokenizer has no mask token; export the artifact again", path=self.root)
+            top_k = _positive(kwargs.get("top_k", 5), "top_k")
+            return lambda b: fill_mask.postprocess(b, mask_token_id=mask_id, top_k=top_k, decode=self.encoder.decode)
+        if self.task == "text-classification":
+            k = kwargs.get("top_k")
+            top = None if k is None else _positive(k, "top_k")
+            labels, problem = m.get("labels") or {}, m.get("problem_type")
+            return lambda b: text_classification.postprocess(b, labels=labels, problem_type=problem, top_k=top)
+        raise UnsupportedModelError(
+            f"text post-processing for task {self.task!r} is not available yet; call Predictor.run(...) for raw outputs"
+        )
+
+
+def _positive(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _as_2d_long(value: ArrayLike, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
+    try:
+        tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{name} must be a rectangular (batch, seq) array of integers: {e}") from e
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex:
+        raise InputError(f"{name} must hold integers, got dtype {tensor.dtype}")
+    if tensor.dim() == 1:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise InputError(f"{name} must have shape (batch, seq) with both > 0, got {tuple(tensor.shape)}")
+    if like is not None and tensor.shape != like.shape:
+        raise InputError(
+            f"{name} has shape {tuple(tensor.shape)} but input_ids has {tuple(like.shape)}; they must match"
+        )
+    return tensor.long()

@@ -23,7 +23,8 @@ def test_export_info_predict_validate(tiny_bert_dir: Path, tmp_path: Path, capsy
 
     assert main(["predict", str(out), "hello world", "second text", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["dim"] == 32 and len(result["embeddings"]) == 2
+    assert result["dim"] == 32
+    assert len(result["embeddings"]) == 2
 
     texts = tmp_path / "texts.jsonl"
     texts.write_text('{"text": "from a file"}\n\nplain line\n')
@@ -37,8 +38,10 @@ def test_export_info_predict_validate(tiny_bert_dir: Path, tmp_path: Path, capsy
 def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path, capsys) -> None:
     assert main(["predict", str(tmp_path), "hello"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("torchship predict: error:") and "no manifest.json" in err
-    assert "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith("torchship predict: error:")
+    assert "no manifest.json" in err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1
 
 
 def test_empty_predict_input_is_an_error(tiny_bert_artifact: Path, capsys) -> None:

@@ -23,8 +23,8 @@ demo: $(VENV)/.demo-installed
 	$(PY) examples/seed_demo.py artifacts/minilm
 
 test: $(VENV)/.test-installed
-	$(VENV)/bin/ruff check torchship tests benchmarks examples
-	$(VENV)/bin/ruff format --check torchship tests benchmarks examples
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 

@@ -28,6 +28,7 @@ PUBLIC = [
     "UnsupportedModelError",
     "__version__",
     "export",
+    "flops",
     "load",
 ]
 

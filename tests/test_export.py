@@ -42,7 +42,7 @@ def test_manifest_records_what_the_issue_asks(demo_artifact: Path) -> None:
         batch, seq = e["parity"]["validated_shape"]
         assert batch != e["traced_batch"]
         assert seq < e["seq"], "validation must run at a length that was not traced"
-    assert set(m["files"]) == {"model.pt", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"}
+    assert set(m["files"]) == {"config.json", "model.pt", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"}
     for rel, digest in m["files"].items():
         assert artifact.sha256_file(demo_artifact / rel) == digest
 

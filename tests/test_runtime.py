@@ -70,7 +70,7 @@ def test_run_returns_named_raw_outputs_at_untraced_shapes(tiny_bert_dir: Path, t
         real = mask.bool()
         assert (got["last_hidden_state"] - want.last_hidden_state)[real].abs().max() < 1e-4
         assert (got["pooler_output"] - want.pooler_output).abs().max() < 1e-4
-    assert predictor.padded_tokens > predictor.real_tokens > 0
+    assert predictor.counters.padded_tokens > predictor.counters.real_tokens > 0
 
 
 def test_run_accepts_numpy_and_lists_and_defaults_the_mask(tiny_bert_artifact: Path) -> None:

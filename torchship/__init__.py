@@ -22,6 +22,7 @@ from .errors import (
     TorchshipError,
     UnsupportedModelError,
 )
+from .flops import flops
 from .options import ExportOptions, LoadOptions
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "export",
+    "flops",
     "load",
 ]
 

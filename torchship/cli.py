@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2, help="batch the trace is taken at (batch stays dynamic)")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs diff allowed against the eager model")
     p.add_argument("--max-length", type=int, default=None, help="cap on the longest bucket")
+    p.add_argument(
+        "--buckets", default="manual", choices=["manual", "auto"], help="auto: plan buckets from --lengths-from"
+    )
+    p.add_argument("--lengths-from", type=Path, help="texts (JSON lines) or lengths to plan buckets from")
+    p.add_argument("--max-buckets", type=int, default=16, help="number of planned buckets (--buckets auto)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
 
     p = sub.add_parser("predict", help="run texts through an artifact")
@@ -43,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--truncation", default="warn", choices=["warn", "error"])
     p.add_argument("--top-k", type=int, default=None, help="fill-mask / text-classification candidates")
+
+    p = sub.add_parser("plan", help="plan FLOP-optimal sequence-length buckets from a length sample")
+    p.add_argument("--lengths-from", type=Path, required=True, help="JSON lines of texts, text lines, or lengths")
+    p.add_argument("--model", required=True, help="artifact, checkpoint directory, cached hub id, or 'demo'")
+    p.add_argument("--max-buckets", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("info", help="summarize an artifact's manifest")
     p.add_argument("artifact", metavar="ARTIFACT")
@@ -85,6 +97,9 @@ def _export(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         atol=args.atol,
         max_length=args.max_length,
+        buckets=args.buckets,
+        lengths_from=args.lengths_from,
+        max_buckets=args.max_buckets,
         overwrite=args.overwrite,
         progress=True,
     )
@@ -129,6 +144,20 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from . import plan
+
+    info = plan.model_info(args.model, args.max_length)
+    lengths = plan.read_lengths(args.lengths_from, info.tokenizer)
+    edges, result, _ = plan.make_plan(lengths, info, args.max_buckets)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(plan.format_table(result))
+        print(f"\nexport with: torchship export MODEL OUT --seq-lengths {','.join(map(str, edges))}")
+    return 0
+
+
 def _print_info(path: str | Path) -> None:
     from .artifact import read_manifest
 
@@ -139,6 +168,12 @@ def _print_info(path: str | Path) -> None:
     print(f"inputs        {', '.join(m['inputs'])}")
     print(f"outputs       {', '.join(m['outputs'])}")
     print(f"dtype         {m['dtype']}   max_length {m['max_length']}   inference_only {m['inference_only']}")
+    if m.get("plan"):
+        expected = m["plan"]["expected"]["planned"]
+        print(
+            f"plan          buckets planned from {m['plan']['lengths_from']}: expected padding waste "
+            f"{expected['waste']:.1%}, FLOPs {expected['flops_ratio']:.3f}x unpadded"
+        )
     if m.get("pooling"):
         print(f"pooling       {m['pooling']['mode']}, normalize={m['pooling']['normalize']}")
     for fmt, entries in m["formats"].items():
@@ -177,7 +212,7 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"export": _export, "predict": _predict, "info": _info, "validate": _validate}
+_COMMANDS = {"export": _export, "predict": _predict, "plan": _plan, "info": _info, "validate": _validate}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from . import __version__, artifact, registry, source, validate
+from . import __version__, artifact, plan, registry, source, validate
 from .errors import ArtifactError, ExportError, OptionsError, UnsupportedModelError
 from .formats import torchscript
 from .options import ExportOptions, LoadOptions
@@ -54,13 +54,30 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
     """Write tokenizer, traced model and manifest into ``tmp``, then validate what was written."""
     config, spec, task = loaded.config, loaded.spec, loaded.task
     st = src.sentence_transformers()
-    buckets = sorted({min(s, _max_length(config, st, options)) for s in options.seq_lengths})
     input_names = spec.input_names(config)
     tokenizer_info = _save_tokenizer(loaded.tokenizer, tmp / artifact.TOKENIZER_DIR)
+    tokenizer = Tokenizer.from_file(str(tmp / artifact.TOKENIZER_DIR / "tokenizer.json"))
+    config.to_json_file(str(tmp / "config.json"))
     tied = untie_weights(loaded.model)
     _check_expected_ties(spec, tied)
     output_axes = _output_axes(loaded.model, input_names)
     output_names = tuple(output_axes)
+    max_length = _max_length(config, st, options)
+    bucket_plan: dict[str, Any] | None = None
+    if options.buckets == "auto":
+        assert options.lengths_from is not None  # ExportOptions checks this
+        info = plan.ModelInfo(config.to_dict(), tokenizer, task, max_length, "pooler_output" in output_names)
+        buckets, result, hist = plan.make_plan(
+            plan.read_lengths(options.lengths_from, tokenizer), info, options.max_buckets
+        )
+        bucket_plan = {
+            "lengths_from": str(options.lengths_from),
+            "max_buckets": options.max_buckets,
+            "histogram": hist,
+            "expected": result.to_json(),
+        }
+    else:
+        buckets = sorted({min(s, max_length) for s in options.seq_lengths})
     manifest: dict[str, Any] = {
         "schema_version": artifact.SCHEMA_VERSION,
         "torchship_version": __version__,
@@ -80,10 +97,10 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
         "pooling": _pooling(st) if task == "feature-extraction" else None,
         "labels": _labels(config) if task in ("text-classification", "token-classification") else None,
         "problem_type": getattr(config, "problem_type", None),
+        "plan": bucket_plan,
         "formats": {},
     }
     wrapper = ExportWrapper(loaded.model, input_names, output_names).eval()
-    tokenizer = Tokenizer.from_file(str(tmp / artifact.TOKENIZER_DIR / "tokenizer.json"))
     examples = {}
     for seq in buckets:  # batch_size rows, padding inside the batch; row 0 fills the bucket
         lengths = validate.case_lengths(buckets, seq, options.batch_size, seed=1)
@@ -107,7 +124,7 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
     report.raise_on_failure("torchscript")
     manifest["formats"] = {"torchscript": _entries(buckets, options, report)}
     manifest["export"] = {
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()},
+        "options": {k: _jsonable(v) for k, v in asdict(options).items()},
         "seconds": None,
         "format_seconds": format_seconds,
         "warnings": summarize_warnings(seen),
@@ -115,6 +132,12 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
     artifact.write_manifest(tmp, manifest)
     steps.update()
     steps.set_postfix_str("done")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value) if isinstance(value, Path) else value
 
 
 def _pooling(st: dict[str, Any]) -> dict[str, Any]:

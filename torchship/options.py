@@ -7,6 +7,7 @@ that names it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import OptionsError
 
@@ -43,6 +44,8 @@ class ExportOptions:
     ``seq_lengths`` are the traced sequence-length buckets; ``batch_size`` is the batch the trace is taken
     at (validation always runs at a different one); ``max_length`` caps the longest bucket, defaulting to
     the smaller of the model's position limit and sentence-transformers' ``max_seq_length``.
+    ``buckets="auto"`` replaces ``seq_lengths`` with the FLOP-optimal ``max_buckets`` edges planned from
+    the length sample ``lengths_from`` (see ``torchship plan``).
     """
 
     task: str = "auto"
@@ -51,6 +54,9 @@ class ExportOptions:
     batch_size: int = 2
     atol: float = 1e-4
     max_length: int | None = None
+    buckets: str = "manual"
+    lengths_from: Path | None = None
+    max_buckets: int = 16
     overwrite: bool = False
     progress: bool = False
 
@@ -76,6 +82,12 @@ class ExportOptions:
             raise OptionsError(f"atol must be > 0, got {self.atol}")
         if self.max_length is not None and self.max_length < 2:
             raise OptionsError(f"max_length must be >= 2, got {self.max_length}")
+        if self.buckets not in ("manual", "auto"):
+            raise OptionsError(f"buckets {self.buckets!r} is invalid; choose 'manual' (--seq-lengths) or 'auto'")
+        if self.buckets == "auto" and self.lengths_from is None:
+            raise OptionsError("buckets='auto' plans from a length sample; pass lengths_from (--lengths-from FILE)")
+        if self.max_buckets < 1:
+            raise OptionsError(f"max_buckets must be >= 1, got {self.max_buckets}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,12 +95,14 @@ class LoadOptions:
     """How ``torchship.load`` opens an artifact.
 
     ``truncation="warn"`` cuts texts longer than the longest bucket and warns; ``"error"`` refuses them.
-    ``batch_size`` bounds the texts run together; ``verify`` checks every file's sha256 first.
+    A micro-batch holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens.
+    ``verify`` checks every file's sha256 first.
     """
 
     format: str | None = None
     truncation: str = "warn"
-    batch_size: int = 32
+    batch_size: int = 64
+    max_batch_tokens: int = 8192
     verify: bool = True
 
     def __post_init__(self) -> None:
@@ -98,3 +112,5 @@ class LoadOptions:
             raise OptionsError(f"truncation {self.truncation!r} is invalid; choose 'warn' or 'error'")
         if self.batch_size < 1:
             raise OptionsError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_batch_tokens < 1:
+            raise OptionsError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,7 @@ import torch
 
 from . import artifact
 from .errors import ArtifactError, InputError, SequenceTooLongError, UnsupportedModelError
+from .flops import flops
 from .formats import torchscript
 from .options import LoadOptions
 from .tasks import Batch, feature_extraction, fill_mask, text_classification
@@ -25,12 +30,40 @@ def load(path: str | Path, **options: Any) -> Predictor:
     try:
         opts = LoadOptions(**options)
     except TypeError as e:
-        raise InputError(f"{e}; valid options are: format, truncation, batch_size, verify") from e
+        valid = ", ".join(f.name for f in dataclasses.fields(LoadOptions))
+        raise InputError(f"{e}; valid options are: {valid}") from e
     root = Path(path)
     manifest = artifact.read_manifest(root)
     if opts.verify:
         artifact.verify(root, manifest)
     return Predictor(root, manifest, opts)
+
+
+@dataclass
+class Counters:
+    """What the Predictor has executed: real vs padded tokens, executed vs unpadded FLOPs."""
+
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    flops_executed: int = 0
+    flops_unpadded: int = 0
+
+    def record(self, lengths: list[int], bucket: int, cost: Callable[[int], int]) -> None:
+        self.real_tokens += sum(lengths)
+        self.padded_tokens += len(lengths) * bucket
+        self.flops_executed += len(lengths) * cost(bucket)
+        self.flops_unpadded += sum(cost(n) for n in lengths)
+
+    @property
+    def padding_waste(self) -> float:
+        return 1 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.flops_executed / self.flops_unpadded if self.flops_unpadded else 1.0
+
+    def reset(self) -> None:
+        self.real_tokens = self.padded_tokens = self.flops_executed = self.flops_unpadded = 0
 
 
 class Predictor:
@@ -59,8 +92,10 @@ class Predictor:
             root / tok["dir"] / "tokenizer.json", max_length=self.max_length, truncation=options.truncation
         )
         self._runners = torchscript.load(root / entries[0]["file"], self.buckets)
-        self.real_tokens = 0
-        self.padded_tokens = 0
+        config = json.loads((root / "config.json").read_text())
+        pooler = "pooler_output" in self.output_names
+        self._cost = functools.cache(lambda seq: flops(config, 1, seq, self.task, pooler=pooler))
+        self.counters = Counters()
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, format={self.format!r}, buckets={self.buckets}, path={str(self.root)!r})"
@@ -98,7 +133,7 @@ class Predictor:
         batch, seq = ids.shape
         bucket = self.bucket_for(seq)
         padded = self._pad(given, bucket)
-        outputs = self._execute(padded, real=int(padded["attention_mask"].sum()))
+        outputs = self._execute(padded, padded["attention_mask"].sum(dim=1).tolist())
         return {name: self._cut(name, out, seq) for name, out in outputs.items()}
 
     def _pad(self, given: dict[str, torch.Tensor], bucket: int) -> dict[str, torch.Tensor]:
@@ -115,13 +150,13 @@ class Predictor:
             padded[name] = out
         return padded
 
-    def _execute(self, padded: dict[str, torch.Tensor], *, real: int) -> dict[str, torch.Tensor]:
-        ids = padded["input_ids"]
-        runner = self._runners[ids.shape[1]]
+    def _execute(self, padded: dict[str, torch.Tensor], lengths: list[int]) -> dict[str, torch.Tensor]:
+        ids = padded["input_ids"]  # (batch, bucket)
+        batch, bucket = ids.shape
+        runner = self._runners[bucket]
         with torch.inference_mode():
             outputs = runner(*(padded[name] for name in self.input_names))
-        self.real_tokens += real
-        self.padded_tokens += ids.numel()
+        self.counters.record(lengths, bucket, self._cost)
         return dict(zip(self.output_names, outputs, strict=True))
 
     def seq_axis(self, name: str) -> int | None:
@@ -138,21 +173,22 @@ class Predictor:
         """Tokenize texts (or ``(text, text_pair)`` tuples) without padding, after checking them."""
         return self.encoder.encode(check_texts(texts))
 
-    def batches(self, encoded: Encoded) -> list[tuple[list[int], Batch]]:
-        """Run encoded texts sorted by length in micro-batches, each padded only to its own bucket."""
+    def batches(self, encoded: Encoded) -> Iterator[tuple[list[int], Batch]]:
+        """Run encoded texts: each in the smallest bucket that holds it, sorted by length, in micro-batches
+        bounded by ``max_batch_tokens`` padded tokens and ``batch_size`` rows."""
         lengths = encoded.lengths
-        order = np.argsort(-lengths, kind="stable").tolist()
-        size = self.options.batch_size
-        done = []
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            bucket = self.bucket_for(int(lengths[rows[0]]))
-            padded = self.pad_rows(encoded, rows, bucket)
-            outputs = self._execute(padded, real=int(lengths[rows].sum()))
-            done.append(
-                (rows, Batch(padded["input_ids"], padded["attention_mask"], outputs, [int(lengths[r]) for r in rows]))
-            )
-        return done
+        order = np.argsort(lengths, kind="stable").tolist()
+        groups: dict[int, list[int]] = {}
+        for r in order:
+            groups.setdefault(self.bucket_for(int(lengths[r])), []).append(r)
+        for bucket, members in groups.items():
+            rows_per_batch = max(1, min(self.options.batch_size, self.options.max_batch_tokens // bucket))
+            for start in range(0, len(members), rows_per_batch):
+                rows = members[start : start + rows_per_batch]
+                padded = self.pad_rows(encoded, rows, bucket)
+                row_lengths = [int(lengths[r]) for r in rows]
+                outputs = self._execute(padded, row_lengths)
+                yield rows, Batch(padded["input_ids"], padded["attention_mask"], outputs, row_lengths)
 
     def pad_rows(self, encoded: Encoded, rows: list[int], bucket: int) -> dict[str, torch.Tensor]:
         return pad_rows(encoded, rows, bucket, input_names=self.input_names, pad_token_id=self.pad_token_id)

@@ -147,3 +147,13 @@ def test_dispatch_uses_the_smallest_bucket_and_counts(tiny_bert_artifact: Path) 
     assert counters.flops_unpadded == sum(cost(n) for n in lengths)
     assert 1.0 < counters.flops_ratio < 3.0
     np.testing.assert_allclose(out, np.stack([predictor([t])[0] for t in texts]), atol=1e-5)
+
+
+def test_workers_give_the_same_results_in_input_order(demo_artifact: Path) -> None:
+    texts = corpus_texts()[:120]
+    one = torchship.load(demo_artifact, max_batch_tokens=256)
+    two = torchship.load(demo_artifact, max_batch_tokens=256, workers=2)
+    a, b = one(texts), two(texts)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert one.counters.flops_executed == two.counters.flops_executed
+    assert len(one.plan_batches(one.encode(texts).lengths)) > 4  # several micro-batches really ran concurrently

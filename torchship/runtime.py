@@ -6,8 +6,10 @@ import bisect
 import dataclasses
 import functools
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,15 @@ class Counters:
     flops_executed: int = 0
     flops_unpadded: int = 0
 
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
     def record(self, lengths: list[int], bucket: int, cost: Callable[[int], int]) -> None:
-        self.real_tokens += sum(lengths)
-        self.padded_tokens += len(lengths) * bucket
-        self.flops_executed += len(lengths) * cost(bucket)
-        self.flops_unpadded += sum(cost(n) for n in lengths)
+        unpadded = sum(cost(n) for n in lengths)
+        with self._lock:
+            self.real_tokens += sum(lengths)
+            self.padded_tokens += len(lengths) * bucket
+            self.flops_executed += len(lengths) * cost(bucket)
+            self.flops_unpadded += unpadded
 
     @property
     def padding_waste(self) -> float:
@@ -96,6 +102,8 @@ class Predictor:
         pooler = "pooler_output" in self.output_names
         self._cost = functools.cache(lambda seq: flops(config, 1, seq, self.task, pooler=pooler))
         self.counters = Counters()
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)  # process-wide: torch has one intra-op pool
 
     def __repr__(self) -> str:
         return f"Predictor(task={self.task!r}, format={self.format!r}, buckets={self.buckets}, path={str(self.root)!r})"
@@ -175,20 +183,36 @@ class Predictor:
 
     def batches(self, encoded: Encoded) -> Iterator[tuple[list[int], Batch]]:
         """Run encoded texts: each in the smallest bucket that holds it, sorted by length, in micro-batches
-        bounded by ``max_batch_tokens`` padded tokens and ``batch_size`` rows."""
+        bounded by ``max_batch_tokens`` padded tokens and ``batch_size`` rows; with ``workers > 1`` the
+        micro-batches run concurrently, largest first."""
+        jobs = self.plan_batches(encoded.lengths)
         lengths = encoded.lengths
+
+        def run(job: tuple[list[int], int]) -> tuple[list[int], Batch]:
+            rows, bucket = job
+            padded = self.pad_rows(encoded, rows, bucket)
+            row_lengths = [int(lengths[r]) for r in rows]
+            outputs = self._execute(padded, row_lengths)
+            return rows, Batch(padded["input_ids"], padded["attention_mask"], outputs, row_lengths)
+
+        if self.options.workers == 1:
+            yield from map(run, jobs)
+            return
+        jobs.sort(key=lambda job: -self._cost(job[1]) * len(job[0]))
+        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="torchship") as pool:
+            yield from pool.map(run, jobs)
+
+    def plan_batches(self, lengths: np.ndarray) -> list[tuple[list[int], int]]:
+        """(rows, bucket) micro-batches: rows sorted by length, grouped by bucket, bounded by the budgets."""
         order = np.argsort(lengths, kind="stable").tolist()
         groups: dict[int, list[int]] = {}
         for r in order:
             groups.setdefault(self.bucket_for(int(lengths[r])), []).append(r)
+        jobs = []
         for bucket, members in groups.items():
             rows_per_batch = max(1, min(self.options.batch_size, self.options.max_batch_tokens // bucket))
-            for start in range(0, len(members), rows_per_batch):
-                rows = members[start : start + rows_per_batch]
-                padded = self.pad_rows(encoded, rows, bucket)
-                row_lengths = [int(lengths[r]) for r in rows]
-                outputs = self._execute(padded, row_lengths)
-                yield rows, Batch(padded["input_ids"], padded["attention_mask"], outputs, row_lengths)
+            jobs += [(members[i : i + rows_per_batch], bucket) for i in range(0, len(members), rows_per_batch)]
+        return jobs
 
     def pad_rows(self, encoded: Encoded, rows: list[int], bucket: int) -> dict[str, torch.Tensor]:
         return pad_rows(encoded, rows, bucket, input_names=self.input_names, pad_token_id=self.pad_token_id)

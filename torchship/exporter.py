@@ -187,7 +187,7 @@ def load_eager(src: source.ModelSource, task: str) -> EagerModel:
         )
     auto = getattr(transformers, registry.TASK_AUTO_CLASS[task])
     try:
-        model = auto.from_pretrained(src.path, attn_implementation="sdpa").eval()
+        model = auto.from_pretrained(src.path, attn_implementation=spec.attn_implementation).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(src.path)
     except (OSError, ValueError) as e:
         raise UnsupportedModelError(f"cannot load {src.name} for task {task}: {e}") from e

@@ -44,6 +44,7 @@ class ArchSpec:
     ``token_type_ids``: the family has segment embeddings (used only when ``type_vocab_size > 1``).
     ``tied_weights``: parameter-name suffixes (input side, output side) that the checkpoint ties; the
     exporter clones them and asserts it found them.
+    ``attn_implementation``: what the eager model is loaded with (``"eager"`` where transformers has no SDPA).
     """
 
     model_type: str
@@ -51,6 +52,7 @@ class ArchSpec:
     tasks: tuple[str, ...] = TASKS
     tied_weights: tuple[tuple[str, str], ...] = ()
     atol: float = 1e-4
+    attn_implementation: str = "sdpa"
 
     def input_names(self, config: Any) -> tuple[str, ...]:
         names: tuple[str, ...] = ("input_ids", "attention_mask")
@@ -101,4 +103,68 @@ def _bert() -> ArchSpec:
         "bert",
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"),),
+        attn_implementation="eager",  # disentangled attention has no SDPA path
     )
+
+
+@register
+def _distilbert() -> ArchSpec:
+    return ArchSpec("distilbert", tied_weights=(("embeddings.word_embeddings.weight", "vocab_projector.weight"),))
+
+
+@register
+def _roberta() -> ArchSpec:
+    return ArchSpec(
+        "roberta", token_type_ids=True, tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),)
+    )
+
+
+@register
+def _xlm_roberta() -> ArchSpec:
+    return ArchSpec(
+        "xlm-roberta",
+        token_type_ids=True,
+        tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
+    )
+
+
+@register
+def _albert() -> ArchSpec:
+    return ArchSpec(
+        "albert",
+        token_type_ids=True,
+        tied_weights=(("embeddings.word_embeddings.weight", "predictions.decoder.weight"),),
+    )
+
+
+@register
+def _electra() -> ArchSpec:
+    return ArchSpec(
+        "electra",
+        token_type_ids=True,
+        tied_weights=(("embeddings.word_embeddings.weight", "generator_lm_head.weight"),),
+    )
+
+
+@register
+def _mpnet() -> ArchSpec:
+    return ArchSpec(
+        "mpnet",
+        tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
+        attn_implementation="eager",  # transformers has no SDPA path for MPNet
+    )
+
+
+@register
+def _deberta_v2() -> ArchSpec:
+    return ArchSpec(
+        "deberta-v2",
+        token_type_ids=True,
+        tied_weights=(("embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"),),
+        attn_implementation="eager",  # disentangled attention has no SDPA path
+    )
+
+
+@register
+def _modernbert() -> ArchSpec:
+    return ArchSpec("modernbert", tied_weights=(("embeddings.tok_embeddings.weight", "decoder.weight"),))

@@ -21,8 +21,8 @@ from .errors import ArtifactError, InputError, SequenceTooLongError, Unsupported
 from .flops import flops
 from .formats import torchscript
 from .options import LoadOptions
-from .tasks import Batch, feature_extraction, fill_mask, text_classification
-from .tokenize import Encoded, TextEncoder, check_texts, pad_rows
+from .tasks import Batch, feature_extraction, fill_mask, question_answering, text_classification, token_classification
+from .tokenize import Encoded, TextEncoder, TextInput, check_texts, pad_rows
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[Sequence[int]]
 
@@ -193,7 +193,7 @@ class Predictor:
             padded = self.pad_rows(encoded, rows, bucket)
             row_lengths = [int(lengths[r]) for r in rows]
             outputs = self._execute(padded, row_lengths)
-            return rows, Batch(padded["input_ids"], padded["attention_mask"], outputs, row_lengths)
+            return rows, Batch(padded["input_ids"], padded["attention_mask"], outputs, row_lengths, rows)
 
         if self.options.workers == 1:
             yield from map(run, jobs)
@@ -217,11 +217,28 @@ class Predictor:
     def pad_rows(self, encoded: Encoded, rows: list[int], bucket: int) -> dict[str, torch.Tensor]:
         return pad_rows(encoded, rows, bucket, input_names=self.input_names, pad_token_id=self.pad_token_id)
 
-    def __call__(self, inputs: object, **kwargs: Any) -> Any:
-        """Task outputs, shaped as transformers pipelines (feature extraction: an (n, dim) float32 array)."""
+    def __call__(
+        self,
+        inputs: object = None,
+        *,
+        question: str | list[str] | None = None,
+        context: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Task outputs, shaped as transformers pipelines (feature extraction: an (n, dim) float32 array).
+
+        Question answering takes ``question=`` and ``context=`` (strings, or lists of equal length).
+        """
+        if self.task == "question-answering":
+            if inputs is not None:
+                raise InputError("question-answering takes question=... and context=..., not positional texts")
+            return self._answer(question, context, **kwargs)
+        if question is not None or context is not None:
+            raise InputError(f"question= and context= are for question-answering; this artifact is {self.task}")
         single = isinstance(inputs, str) or (isinstance(inputs, tuple) and len(inputs) == 2)
-        encoded = self.encode(inputs)
-        post = self._postprocessor(**kwargs)
+        texts = check_texts(inputs)
+        encoded = self.encoder.encode(texts)
+        post = self._postprocessor(texts, encoded, **kwargs)
         results: list[Any] = [None] * len(encoded.ids)
         for rows, batch in self.batches(encoded):
             for r, result in zip(rows, post(batch), strict=True):
@@ -230,14 +247,19 @@ class Predictor:
             return np.stack([r.numpy() for r in results]).astype(np.float32, copy=False)
         return results[0] if single else results
 
-    def _postprocessor(self, **kwargs: Any) -> Any:
-        allowed = {"fill-mask": {"top_k"}, "text-classification": {"top_k"}}.get(self.task, set())
+    def _postprocessor(self, texts: list[TextInput], encoded: Encoded, **kwargs: Any) -> Callable[[Batch], list[Any]]:
+        allowed = {
+            "fill-mask": {"top_k"},
+            "text-classification": {"top_k"},
+            "token-classification": {"aggregation_strategy"},
+        }.get(self.task, set())
         unknown = set(kwargs) - allowed
         if unknown:
             raise InputError(
                 f"unknown option(s) {sorted(unknown)} for task {self.task}; valid: {sorted(allowed) or 'none'}"
             )
         m = self.manifest
+        labels = m.get("labels") or {}
         if self.task == "feature-extraction":
             return lambda b: feature_extraction.postprocess(b, pooling=m["pooling"])
         if self.task == "fill-mask":
@@ -249,11 +271,66 @@ class Predictor:
         if self.task == "text-classification":
             k = kwargs.get("top_k")
             top = None if k is None else _positive(k, "top_k")
-            labels, problem = m.get("labels") or {}, m.get("problem_type")
+            problem = m.get("problem_type")
             return lambda b: text_classification.postprocess(b, labels=labels, problem_type=problem, top_k=top)
-        raise UnsupportedModelError(
-            f"text post-processing for task {self.task!r} is not available yet; call Predictor.run(...) for raw outputs"
-        )
+        if self.task == "token-classification":
+            strategy = token_classification.check_strategy(kwargs.get("aggregation_strategy", "none"))
+            if any(isinstance(t, tuple) for t in texts):
+                raise InputError("token-classification takes single texts, not text pairs")
+
+            def rows_of(b: Batch) -> list[token_classification.RowText]:
+                return [
+                    token_classification.RowText(str(texts[r]), encoded.ids[r], encoded.offsets[r], encoded.special[r])
+                    for r in b.rows
+                ]
+
+            tokenizer = self.encoder.tokenizer
+            return lambda b: token_classification.postprocess(
+                b, rows_of(b), labels=labels, strategy=strategy, tokenizer=tokenizer
+            )
+        raise UnsupportedModelError(f"task {self.task!r} has no text post-processing; call Predictor.run(...)")
+
+    def _answer(
+        self,
+        question: str | list[str] | None,
+        context: str | list[str] | None,
+        *,
+        top_k: int = 1,
+        doc_stride: int = 128,
+        max_answer_len: int = 15,
+    ) -> Any:
+        if question is None or context is None:
+            raise InputError("question-answering needs both question= and context=")
+        single = isinstance(question, str)
+        questions = check_texts(question)
+        contexts = check_texts(context)
+        if len(questions) != len(contexts):
+            raise InputError(f"got {len(questions)} question(s) and {len(contexts)} context(s); give one context each")
+        top_k = _positive(top_k, "top_k")
+        doc_stride = _positive(doc_stride, "doc_stride")
+        max_answer_len = _positive(max_answer_len, "max_answer_len")
+        owner, all_windows = [], []
+        for i, (q, c) in enumerate(zip(questions, contexts, strict=True)):
+            ws = question_answering.windows(
+                self.encoder.tokenizer, str(q), str(c), max_length=self.max_length, doc_stride=doc_stride
+            )
+            owner += [i] * len(ws)
+            all_windows += ws
+        encoded = Encoded.of(all_windows)
+        candidates: list[list[Any]] = [[] for _ in questions]
+        for rows, batch in self.batches(encoded):
+            start_logits = batch.outputs["start_logits"].float().numpy()  # (batch, seq)
+            end_logits = batch.outputs["end_logits"].float().numpy()
+            for i, (r, n) in enumerate(zip(rows, batch.lengths, strict=True)):
+                spans = question_answering.best_spans(
+                    start_logits[i, :n], end_logits[i, :n], all_windows[r], max_answer_len=max_answer_len, top_k=top_k
+                )
+                candidates[owner[r]] += [(score, s, e, all_windows[r]) for score, s, e in spans]
+        results = []
+        for c, found in zip(contexts, candidates, strict=True):
+            answers = question_answering.answer(str(c), found, top_k=top_k)
+            results.append(answers[0] if top_k == 1 and answers else answers)
+        return results[0] if single else results
 
 
 def _positive(value: object, name: str) -> int:

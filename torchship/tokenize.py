@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeGuard
 
@@ -25,10 +25,21 @@ TextInput = str | tuple[str, str]
 class Encoded:
     """Unpadded token ids per text, in input order."""
 
+    @classmethod
+    def of(cls, encodings: list[Encoding]) -> Encoded:
+        return cls(
+            ids=[np.asarray(e.ids, dtype=np.int64) for e in encodings],
+            type_ids=[np.asarray(e.type_ids, dtype=np.int64) for e in encodings],
+            offsets=[list(e.offsets) for e in encodings],
+            truncated=[False] * len(encodings),
+            special=[list(e.special_tokens_mask) for e in encodings],
+        )
+
     ids: list[np.ndarray]
     type_ids: list[np.ndarray]
     offsets: list[list[tuple[int, int]]]
     truncated: list[bool]
+    special: list[list[int]] = field(default_factory=list)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -98,15 +109,10 @@ class TextEncoder:
             )
             for i, enc in zip(too_long, self._truncating.encode_batch([texts[i] for i in too_long]), strict=True):
                 encodings[i] = enc
-        truncated = [False] * len(encodings)
+        encoded = Encoded.of(encodings)
         for i in too_long:
-            truncated[i] = True
-        return Encoded(
-            ids=[np.asarray(e.ids, dtype=np.int64) for e in encodings],
-            type_ids=[np.asarray(e.type_ids, dtype=np.int64) for e in encodings],
-            offsets=[list(e.offsets) for e in encodings],
-            truncated=truncated,
-        )
+            encoded.truncated[i] = True
+        return encoded
 
     def token_to_id(self, token: str) -> int | None:
         return self.tokenizer.token_to_id(token)

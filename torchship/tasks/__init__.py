@@ -18,3 +18,4 @@ class Batch:
     attention_mask: torch.Tensor  # (batch, seq)
     outputs: dict[str, torch.Tensor]
     lengths: list[int]
+    rows: list[int]  # positions of these rows in the caller's input

@@ -14,6 +14,14 @@ from torchship import registry
 from torchship.options import TASKS
 
 CELLS = [(family, task) for family in FAMILIES for task in TASKS]
+# The task-level test of each task; tools/support_matrix.py reads their results by these names.
+TASK_TESTS = {
+    "feature-extraction": "test_feature_extraction_pools_the_pipeline_states",
+    "fill-mask": "test_fill_mask_matches_pipeline",
+    "text-classification": "test_text_classification_matches_pipeline",
+    "token-classification": "test_token_classification_matches_pipeline",
+    "question-answering": "test_question_answering_finds_the_best_span_across_windows",
+}
 TEXTS = ["Jim Henson was a puppeteer in New York.", "Sesame Street", "the muppets were filmed in london studios"]
 
 
@@ -125,8 +133,11 @@ def test_text_classification_matches_pipeline(family: str, exported) -> None:
     assert [g["label"] for g in got_all] == [w["label"] for w in want_all]
 
 
-@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize(
+    ("family", "strategy"),
+    [(f, s) for f in FAMILIES for s in ("none", "simple", "first", "average", "max")],
+    ids=lambda v: v,
+)
 def test_token_classification_matches_pipeline(family: str, strategy: str, exported) -> None:
     src, art = exported(family, "token-classification")
     text = "Jim Henson was a puppeteer from Greenville, Mississippi who founded the Muppets."
@@ -192,3 +203,19 @@ def test_question_answering_input_errors(exported) -> None:
         predictor(question="word " * 40, context="short")
     with pytest.raises(torchship.InputError, match="1 question"):
         predictor(question=["a"], context=["b", "c"])
+
+
+@pytest.mark.parametrize(("family", "task"), CELLS)
+def test_flop_model_matches_torch_flop_counter(family: str, task: str) -> None:
+    import transformers
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config_name, prefix, kwargs = FAMILIES[family]
+    config = getattr(transformers, config_name)(**kwargs)
+    config._attn_implementation = "eager"  # matmul attention, which the counter sees (CPU SDPA it does not)
+    model = getattr(transformers, prefix + TASK_SUFFIX[task])(config).eval()
+    ids = torch.randint(1000, 2000, (3, 40))
+    with FlopCounterMode(display=False) as counter:  # grad mode on: DeBERTa's hooks need it under the counter
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    pooler = "pooler_output" in out
+    assert torchship.flops(config, 3, 40, task, pooler=pooler) == counter.get_total_flops()

@@ -24,3 +24,14 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch) -> None:
 def test_readme_lists_exactly_two_setup_commands() -> None:
     setup = README.read_text().split("\n## ", 2)[1]
     assert re.findall(r"^make \w+", setup, flags=re.MULTILINE) == ["make demo", "make test"]
+
+
+def test_support_matrix_covers_every_registered_architecture_and_task() -> None:
+    from torchship import registry
+    from torchship.options import TASKS
+
+    block = README.read_text().split("<!-- support-matrix:start -->")[1].split("<!-- support-matrix:end -->")[0]
+    rows = [line.split("|")[1:-1] for line in block.strip().splitlines() if line.startswith("| ")]
+    header, body = rows[0], rows[1:]
+    assert [c.strip() for c in header[1:]] == list(TASKS)
+    assert sorted(r[0].strip() for r in body) == sorted(registry.supported()), "run tools/support_matrix.py"

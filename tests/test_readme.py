@@ -32,6 +32,6 @@ def test_support_matrix_covers_every_registered_architecture_and_task() -> None:
 
     block = README.read_text().split("<!-- support-matrix:start -->")[1].split("<!-- support-matrix:end -->")[0]
     rows = [line.split("|")[1:-1] for line in block.strip().splitlines() if line.startswith("| ")]
-    header, body = rows[0], rows[1:]
+    header, body = rows[0], rows[2:]  # rows[1] is the | --- | separator
     assert [c.strip() for c in header[1:]] == list(TASKS)
     assert sorted(r[0].strip() for r in body) == sorted(registry.supported()), "run tools/support_matrix.py"

@@ -14,7 +14,7 @@ def test_export_info_predict_validate(tiny_bert_dir: Path, tmp_path: Path, capsy
     out = tmp_path / "art"
     assert main(["export", str(tiny_bert_dir), str(out), "--seq-lengths", "8,16", "--batch-size", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "seq     8  batch dynamic  model.pt:seq_8  parity ok" in printed
+    assert "seq     8  model.pt:seq_8  parity ok" in printed
 
     assert main(["info", str(out)]) == 0
     assert "input_ids, attention_mask, token_type_ids" in capsys.readouterr().out

@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="checkpoint directory, cached hub id, or 'demo'")
     p.add_argument("output_dir", metavar="OUTPUT_DIR")
     p.add_argument("--task", default="auto", choices=["auto", *TASKS])
-    p.add_argument("--format", default="torchscript", help=f"comma list of: {', '.join(FORMATS)}")
+    p.add_argument("--format", default="torchscript", help=f"comma list of: {', '.join(FORMATS)}; or all")
     p.add_argument(
         "--seq-lengths", default=",".join(map(str, DEFAULT_SEQ_LENGTHS)), help="traced sequence-length buckets"
     )
@@ -176,15 +176,31 @@ def _print_info(path: str | Path) -> None:
         )
     if m.get("pooling"):
         print(f"pooling       {m['pooling']['mode']}, normalize={m['pooling']['normalize']}")
+    seconds = (m.get("export") or {}).get("format_seconds", {})
     for fmt, entries in m["formats"].items():
-        print(f"{fmt:13} {len(entries)} bucket(s)")
+        took = f", exported in {seconds[fmt]:.1f} s" if fmt in seconds else ""
         for e in entries:
             parity = e.get("parity") or {}
-            diffs = parity.get("max_abs_diff", {})
-            worst = max(diffs.values(), default=float("nan"))
+            worst = max(parity.get("max_abs_diff", {}).values(), default=float("nan"))
             status = "ok" if parity.get("passed") else "FAILED"
-            batch = "dynamic" if e["batch"] is None else e["batch"]
-            print(f"  seq {e['seq']:>5}  batch {batch:>7}  {e['file']}:{e['method']}  parity {status} max {worst:.2e}")
+            if e["seq"] is None:
+                shape = f"dynamic batch <= {e['max_batch']}, seq <= {e['max_seq']} (pad to x{e['pad_multiple']})"
+                print(f"{fmt:13} {e['file']}  {shape}  parity {status} max {worst:.2e}{took}")
+            else:
+                if e is entries[0]:
+                    print(f"{fmt:13} {len(entries)} bucket(s), batch dynamic{took}")
+                print(f"  seq {e['seq']:>5}  {e['file']}:{e['method']}  parity {status} max {worst:.2e}")
+    timings = m.get("timings")
+    if timings and len(m["formats"]) > 1:
+        medians = timings["median_ms"]
+        print(f"timings (median ms, {timings['threads']} threads; the runtime picks the fastest per shape):")
+        for batch in timings["batch"]:
+            for seq in timings["seq"]:
+                key = f"{batch}x{seq}"
+                row = {fmt: medians[fmt][key] for fmt in medians if key in medians[fmt]}
+                best = min(row, key=row.__getitem__)
+                cells = "  ".join(f"{fmt} {ms:8.2f}" for fmt, ms in row.items())
+                print(f"  {key:>8}  {cells}  -> {best}")
     size = sum((Path(path) / f).stat().st_size for f in m["files"])
     print(f"files         {len(m['files'])}, {size / 1e6:.1f} MB, sha256-checked on load")
 
@@ -202,12 +218,14 @@ def _info(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from .exporter import validate_artifact
 
-    report = validate_artifact(args.artifact, args.model, atol=args.atol, batch=args.batch_size)
-    for seq, diffs in report.max_abs_diff.items():
-        for name, diff in diffs.items():
-            mark = "ok" if diff <= report.atol else "FAIL"
-            print(f"seq {seq:>5}  {name:20} max abs diff {diff:.3e}  (atol {report.atol:g})  {mark}")
-    report.raise_on_failure("torchscript")
+    reports = validate_artifact(args.artifact, args.model, atol=args.atol, batch=args.batch_size)
+    for fmt, report in reports.items():
+        for seq, diffs in report.max_abs_diff.items():
+            for name, diff in diffs.items():
+                mark = "ok" if diff <= report.atol else "FAIL"
+                print(f"{fmt:12} seq {seq:>5}  {name:20} max abs diff {diff:.3e}  (atol {report.atol:g})  {mark}")
+    for fmt, report in reports.items():
+        report.raise_on_failure(fmt)
     print("parity ok")
     return 0
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import json
+import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from .errors import ArtifactError, ExportError, OptionsError, UnsupportedModelEr
 from .formats import torchscript
 from .options import ExportOptions, LoadOptions
 from .runtime import Predictor
+from .timing import time_formats
 from .tokenize import pad_rows
 from .wrap import ExportWrapper, untie_weights
 
@@ -110,28 +115,136 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
         padded = pad_rows(encoded, rows, seq, input_names=input_names, pad_token_id=tokenizer_info["pad_token_id"])
         examples[seq] = tuple(padded[name] for name in input_names)
 
-    steps.set_postfix_str(f"tracing {len(buckets)} bucket(s)")
-    fmt_started = time.perf_counter()
-    seen = torchscript.export(wrapper, examples, tmp / torchscript.FILE)
-    format_seconds = {"torchscript": round(time.perf_counter() - fmt_started, 3)}
-    manifest["formats"] = {"torchscript": _entries(buckets, options, None)}
+    format_seconds: dict[str, float] = {}
+    seen: list[warnings.WarningMessage] = []
+    entries: dict[str, list[dict[str, Any]]] = {}
+    cache_key = _cache_key(manifest, config)
+    for fmt in options.formats:
+        steps.set_postfix_str(f"{fmt}: exporting")
+        started = time.perf_counter()
+        if fmt == "torchscript":
+            seen += torchscript.export(wrapper, examples, tmp / torchscript.FILE)
+            entries[fmt] = _entries(buckets, options, None)
+        else:
+            cache = (options.cache_dir or default_cache_dir()) / "aoti" / f"{cache_key}.pt2"
+            seen += _export_dynamic(fmt, wrapper, _dynamic_example(examples), max_length, tmp, cache)
+            entries[fmt] = [_dynamic_entry(fmt, max_length)]
+        format_seconds[fmt] = round(time.perf_counter() - started, 3)
+    manifest["formats"] = entries
     artifact.write_manifest(tmp, manifest)
     steps.update()
 
-    steps.set_postfix_str("validating parity")
     staging = Predictor(tmp, artifact.read_manifest(tmp), LoadOptions(verify=False))
-    report = validate.check(staging, eager_fn(wrapper), batch=options.batch_size + 1, atol=options.atol)
-    report.raise_on_failure("torchscript")
-    manifest["formats"] = {"torchscript": _entries(buckets, options, report)}
+    check = functools.partial(
+        validate.check, staging, eager_fn(wrapper), batch=options.batch_size + 1, atol=options.atol, grid=buckets
+    )
+    notes: dict[str, str] = {}
+    for fmt in options.formats:
+        steps.set_postfix_str(f"{fmt}: validating parity")
+        report = check(format=fmt)
+        report.raise_on_failure(fmt)
+        if fmt == "torchscript":
+            entries[fmt] = _entries(buckets, options, report)
+        else:
+            entries[fmt][0]["parity"] = report.summary()
+        if fmt == "onnx":
+            notes["onnx_fusion"] = _try_onnx_fusion(tmp, staging, check, config, entries["onnx"][0])
+    steps.set_postfix_str("timing formats")
+    manifest["timings"] = time_formats(staging, buckets)
+    manifest["formats"] = entries
     manifest["export"] = {
         "options": {k: _jsonable(v) for k, v in asdict(options).items()},
         "seconds": None,
         "format_seconds": format_seconds,
+        "notes": notes,
         "warnings": summarize_warnings(seen),
     }
     artifact.write_manifest(tmp, manifest)
     steps.update()
     steps.set_postfix_str("done")
+
+
+def _dynamic_example(examples: dict[int, tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """A trace example at batch >= 2 and seq >= 16, so neither dynamic dim specializes to 0 or 1."""
+    seq = min((s for s in examples if s >= 16), default=max(examples))
+    example = examples[seq]
+    return example if example[0].shape[0] >= 2 else tuple(torch.cat([x, x]) for x in example)
+
+
+def _export_dynamic(
+    fmt: str, wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], max_length: int, tmp: Path, cache: Path
+) -> list[warnings.WarningMessage]:
+    if fmt == "aoti":
+        from .formats import aoti
+
+        return aoti.export(wrapper, example, wrapper.input_names, max_length, tmp / aoti.FILE, cache)
+    from .formats import onnx
+
+    return onnx.export(wrapper, example, wrapper.input_names, wrapper.output_names, max_length, tmp / onnx.FILE)
+
+
+def _dynamic_entry(fmt: str, max_length: int) -> dict[str, Any]:
+    from .formats import MAX_BATCH, PAD_MULTIPLE, aoti, onnx
+
+    file = aoti.FILE if fmt == "aoti" else onnx.FILE
+    return {
+        "file": file,
+        "batch": None,
+        "seq": None,
+        "max_batch": MAX_BATCH,
+        "max_seq": max_length,
+        "pad_multiple": PAD_MULTIPLE,
+        "parity": None,
+    }
+
+
+def _try_onnx_fusion(
+    tmp: Path, staging: Predictor, check: Callable[..., validate.ParityReport], config: Any, entry: dict[str, Any]
+) -> str:
+    """Apply ONNX Runtime's transformer fusion if it keeps parity; return what happened."""
+    from .formats import onnx
+
+    fused = tmp / "model.fused.onnx.tmp"
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    why = onnx.fuse(tmp / onnx.FILE, fused, model_type=config.model_type, num_heads=heads, hidden_size=hidden)
+    if why is not None:
+        return f"not fused: {why}"
+    plain = staging.backends["onnx"]
+    staging.backends["onnx"] = onnx.load(fused, staging.max_length, threads=None)
+    report = check(format="onnx")
+    if report.failures():
+        staging.backends["onnx"] = plain
+        fused.unlink()
+        return f"not fused: the fused graph drifts to {max(report.failures().values()):.2e} > atol {report.atol:g}"
+    fused.replace(tmp / onnx.FILE)
+    entry["parity"] = report.summary()
+    entry["fusion"] = "onnxruntime.transformers"
+    return "fused with onnxruntime.transformers.optimizer; parity kept"
+
+
+def default_cache_dir() -> Path:
+    """Where compiled packages are reused from: $TORCHSHIP_CACHE, else ~/.cache/torchship."""
+    env = os.environ.get("TORCHSHIP_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "torchship"
+
+
+def _cache_key(manifest: dict[str, Any], config: Any) -> str:
+    """Everything a compiled package depends on: weights, config, task, names, lengths, versions."""
+    from .formats import MAX_BATCH
+
+    keyed = {
+        "weights": manifest["source"]["weights_sha256"],
+        "config": config.to_dict(),
+        "task": manifest["task"],
+        "inputs": manifest["inputs"],
+        "outputs": manifest["outputs"],
+        "max_length": manifest["max_length"],
+        "max_batch": MAX_BATCH,
+        "torch": torch.__version__,
+        "torchship": __version__,
+    }
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _jsonable(value: Any) -> Any:
@@ -282,8 +395,10 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def validate_artifact(path: str | Path, model: str | Path, *, atol: float | None, batch: int) -> validate.ParityReport:
-    """Re-run the parity check of an existing artifact against the eager ``model``."""
+def validate_artifact(
+    path: str | Path, model: str | Path, *, atol: float | None, batch: int
+) -> dict[str, validate.ParityReport]:
+    """Re-run the parity check of every format of an existing artifact against the eager ``model``."""
     from .runtime import load
 
     predictor = load(path)
@@ -291,8 +406,12 @@ def validate_artifact(path: str | Path, model: str | Path, *, atol: float | None
     with _quiet_transformers():
         loaded = load_eager(src, predictor.task)
     wrapper = ExportWrapper(loaded.model, predictor.input_names, predictor.output_names).eval()
-    recorded = predictor.manifest["formats"][predictor.format][0].get("parity") or {}
-    return validate.check(predictor, eager_fn(wrapper), batch=batch, atol=atol or float(recorded.get("atol", 1e-4)))
+    reports = {}
+    for fmt in predictor.backends:
+        recorded = predictor.manifest["formats"][fmt][0].get("parity") or {}
+        tolerance = atol or float(recorded.get("atol", 1e-4))
+        reports[fmt] = validate.check(predictor, eager_fn(wrapper), batch=batch, atol=tolerance, format=fmt)
+    return reports
 
 
 def eager_fn(wrapper: ExportWrapper) -> validate.EagerFn:

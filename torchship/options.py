@@ -18,7 +18,7 @@ TASKS = (
     "token-classification",
     "question-answering",
 )
-FORMATS = ("torchscript",)
+FORMATS = ("torchscript", "aoti", "onnx")
 TRUNCATION = ("warn", "error")
 DEFAULT_SEQ_LENGTHS = (16, 32, 64, 128, 256)
 
@@ -45,7 +45,9 @@ class ExportOptions:
     at (validation always runs at a different one); ``max_length`` caps the longest bucket, defaulting to
     the smaller of the model's position limit and sentence-transformers' ``max_seq_length``.
     ``buckets="auto"`` replaces ``seq_lengths`` with the FLOP-optimal ``max_buckets`` edges planned from
-    the length sample ``lengths_from`` (see ``torchship plan``).
+    the length sample ``lengths_from`` (see ``torchship plan``). ``formats`` is any of torchscript, aoti,
+    onnx, or ``("all",)``; compiled AOTInductor packages are reused from ``cache_dir``
+    (default ``$TORCHSHIP_CACHE`` or ``~/.cache/torchship``).
     """
 
     task: str = "auto"
@@ -59,15 +61,20 @@ class ExportOptions:
     max_buckets: int = 16
     overwrite: bool = False
     progress: bool = False
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.formats == ("all",):
+            object.__setattr__(self, "formats", FORMATS)
         if self.task != "auto" and self.task not in TASKS:
             raise OptionsError(f"task {self.task!r} is not supported; choose one of: auto, {', '.join(TASKS)}")
         if not self.formats:
-            raise OptionsError(f"formats is empty; choose from: {', '.join(FORMATS)}")
+            raise OptionsError(f"formats is empty; choose from: {', '.join(FORMATS)}, or all")
         for fmt in self.formats:
             if fmt not in FORMATS:
-                raise OptionsError(f"format {fmt!r} is not supported; choose from: {', '.join(FORMATS)}")
+                raise OptionsError(f"format {fmt!r} is not supported; choose from: {', '.join(FORMATS)}, or all")
+        if len(set(self.formats)) != len(self.formats):
+            raise OptionsError(f"formats {list(self.formats)} repeats a format; list each once")
         if not self.seq_lengths:
             raise OptionsError("seq_lengths is empty; give at least one length such as 128")
         if any(s < 2 for s in self.seq_lengths):

@@ -19,7 +19,7 @@ import torch
 from . import artifact
 from .errors import ArtifactError, InputError, SequenceTooLongError, UnsupportedModelError
 from .flops import flops
-from .formats import torchscript
+from .formats import MAX_BATCH, Backend, torchscript
 from .options import LoadOptions
 from .tasks import Batch, feature_extraction, fill_mask, question_answering, text_classification, token_classification
 from .tokenize import Encoded, TextEncoder, TextInput, check_texts, pad_rows
@@ -73,7 +73,11 @@ class Counters:
 
 
 class Predictor:
-    """A loaded artifact. ``predictor(texts)`` gives task outputs; ``predictor.run(...)`` raw tensors."""
+    """A loaded artifact. ``predictor(texts)`` gives task outputs; ``predictor.run(...)`` raw tensors.
+
+    With several formats in the artifact and ``format=None``, each micro-batch runs in the format that
+    was fastest at export time for the nearest recorded (batch, seq) shape.
+    """
 
     def __init__(self, root: Path, manifest: artifact.Manifest, options: LoadOptions) -> None:
         self.root = root
@@ -83,50 +87,68 @@ class Predictor:
         self.input_names: tuple[str, ...] = tuple(manifest["inputs"])
         self.output_names: tuple[str, ...] = tuple(manifest["outputs"])
         self._seq_axis = {name: axes.index("seq") for name, axes in manifest["output_axes"].items() if "seq" in axes}
-        self.format = options.format or next(iter(manifest["formats"]))
-        entries = manifest["formats"].get(self.format)
-        if not entries:
+        self.max_length: int = int(manifest["max_length"])
+        available = list(manifest["formats"])
+        if options.format is not None and options.format not in available:
             raise ArtifactError(
-                f"artifact {root} has no {self.format!r} format; it holds: {', '.join(manifest['formats'])}",
-                path=root,
+                f"artifact {root} has no {options.format!r} format; it holds: {', '.join(available)}", path=root
             )
-        self.buckets: list[int] = sorted(int(e["seq"]) for e in entries)
-        self.max_length = self.buckets[-1]
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)  # process-wide: torch has one intra-op pool
+        self.format = options.format
+        names = [options.format] if options.format else available
+        self.backends: dict[str, Backend] = {n: _load_backend(n, root, manifest, options) for n in names}
+        self.timings: dict[str, Any] = manifest.get("timings") or {}
+        static = [b.lengths for b in self.backends.values() if b.lengths]
+        self.buckets: list[int] = static[0] if static else list(self.timings.get("seq") or [self.max_length])
         tok = manifest["tokenizer"]
         self.pad_token_id = int(tok["pad_token_id"])
         self.encoder = TextEncoder(
             root / tok["dir"] / "tokenizer.json", max_length=self.max_length, truncation=options.truncation
         )
-        self._runners = torchscript.load(root / entries[0]["file"], self.buckets)
         config = json.loads((root / "config.json").read_text())
         pooler = "pooler_output" in self.output_names
         self._cost = functools.cache(lambda seq: flops(config, 1, seq, self.task, pooler=pooler))
         self.counters = Counters()
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)  # process-wide: torch has one intra-op pool
 
     def __repr__(self) -> str:
-        return f"Predictor(task={self.task!r}, format={self.format!r}, buckets={self.buckets}, path={str(self.root)!r})"
+        return (
+            f"Predictor(task={self.task!r}, formats={list(self.backends)}, buckets={self.buckets}, "
+            f"path={str(self.root)!r})"
+        )
+
+    # ---- format selection --------------------------------------------------------------------------------------
+
+    def select(self, batch: int, seq: int, format: str | None = None) -> Backend:
+        """The backend for a (batch, seq) micro-batch: the forced one, or the fastest recorded at export."""
+        if format is not None:
+            if format not in self.backends:
+                raise InputError(f"format {format!r} is not loaded; loaded: {', '.join(self.backends)}")
+            return self.backends[format]
+        if len(self.backends) == 1:
+            return next(iter(self.backends.values()))
+        grid_seqs = self.timings.get("seq") or [self.max_length]
+        grid_batches = self.timings.get("batch") or [1]
+        s = grid_seqs[min(bisect.bisect_left(grid_seqs, seq), len(grid_seqs) - 1)]
+        b = min(grid_batches, key=lambda g: abs(np.log(g) - np.log(max(batch, 1))))
+        medians = self.timings.get("median_ms", {})
+        return min(self.backends.values(), key=lambda be: medians.get(be.name, {}).get(f"{b}x{s}", float("inf")))
+
+    def bucket_for(self, seq: int, batch: int = 1) -> int:
+        """The length a (batch, seq) input is padded to."""
+        return self.select(batch, seq).pad_length(seq)
 
     # ---- raw tensors -------------------------------------------------------------------------------------------
-
-    def bucket_for(self, seq: int) -> int:
-        """The smallest traced length that holds ``seq`` tokens."""
-        i = bisect.bisect_left(self.buckets, seq)
-        if i == len(self.buckets):
-            raise SequenceTooLongError(
-                f"sequence length {seq} exceeds the longest traced length {self.max_length}; "
-                "truncate the input or export with a longer --seq-lengths bucket"
-            )
-        return self.buckets[i]
 
     def run(
         self,
         input_ids: ArrayLike,
         attention_mask: ArrayLike | None = None,
         token_type_ids: ArrayLike | None = None,
+        *,
+        format: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run raw inputs of any (batch, seq) within range; pads to a bucket inside, cuts outputs back."""
+        """Run raw inputs of any (batch, seq) within range; pads inside, cuts outputs back to ``seq``."""
         ids = _as_2d_long(input_ids, "input_ids")
         given = {"input_ids": ids}
         if attention_mask is not None:
@@ -139,18 +161,18 @@ class Predictor:
                 )
             given["token_type_ids"] = _as_2d_long(token_type_ids, "token_type_ids", like=ids)
         batch, seq = ids.shape
-        bucket = self.bucket_for(seq)
-        padded = self._pad(given, bucket)
-        outputs = self._execute(padded, padded["attention_mask"].sum(dim=1).tolist())
+        backend = self.select(batch, seq, format or self.format)
+        padded = self._pad(given, backend.pad_length(seq))
+        outputs = self._execute(backend, padded, padded["attention_mask"].sum(dim=1).tolist())
         return {name: self._cut(name, out, seq) for name, out in outputs.items()}
 
-    def _pad(self, given: dict[str, torch.Tensor], bucket: int) -> dict[str, torch.Tensor]:
+    def _pad(self, given: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
         ids = given["input_ids"]
         batch, seq = ids.shape
         defaults = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
         padded = {}
         for name in self.input_names:
-            out = torch.full((batch, bucket), defaults[name], dtype=torch.long)  # (batch, bucket)
+            out = torch.full((batch, length), defaults[name], dtype=torch.long)  # (batch, length)
             if name in given:
                 out[:, :seq] = given[name]
             elif name == "attention_mask":
@@ -158,13 +180,13 @@ class Predictor:
             padded[name] = out
         return padded
 
-    def _execute(self, padded: dict[str, torch.Tensor], lengths: list[int]) -> dict[str, torch.Tensor]:
-        ids = padded["input_ids"]  # (batch, bucket)
-        batch, bucket = ids.shape
-        runner = self._runners[bucket]
+    def _execute(
+        self, backend: Backend, padded: dict[str, torch.Tensor], lengths: list[int]
+    ) -> dict[str, torch.Tensor]:
+        length = padded["input_ids"].shape[1]  # (batch, length)
         with torch.inference_mode():
-            outputs = runner(*(padded[name] for name in self.input_names))
-        self.counters.record(lengths, bucket, self._cost)
+            outputs = backend.run(length, tuple(padded[name] for name in self.input_names))
+        self.counters.record(lengths, length, self._cost)
         return dict(zip(self.output_names, outputs, strict=True))
 
     def seq_axis(self, name: str) -> int | None:
@@ -182,17 +204,17 @@ class Predictor:
         return self.encoder.encode(check_texts(texts))
 
     def batches(self, encoded: Encoded) -> Iterator[tuple[list[int], Batch]]:
-        """Run encoded texts: each in the smallest bucket that holds it, sorted by length, in micro-batches
-        bounded by ``max_batch_tokens`` padded tokens and ``batch_size`` rows; with ``workers > 1`` the
-        micro-batches run concurrently, largest first."""
+        """Run encoded texts sorted by length in micro-batches, each padded only as far as its format needs
+        (a static format's smallest bucket, a dynamic one's multiple of 8), bounded by ``max_batch_tokens``
+        padded tokens and ``batch_size`` rows; with ``workers > 1`` they run concurrently, largest first."""
         jobs = self.plan_batches(encoded.lengths)
         lengths = encoded.lengths
 
-        def run(job: tuple[list[int], int]) -> tuple[list[int], Batch]:
-            rows, bucket = job
-            padded = self.pad_rows(encoded, rows, bucket)
+        def run(job: tuple[list[int], int, Backend]) -> tuple[list[int], Batch]:
+            rows, length, backend = job
+            padded = self.pad_rows(encoded, rows, length)
             row_lengths = [int(lengths[r]) for r in rows]
-            outputs = self._execute(padded, row_lengths)
+            outputs = self._execute(backend, padded, row_lengths)
             return rows, Batch(padded["input_ids"], padded["attention_mask"], outputs, row_lengths, rows)
 
         if self.options.workers == 1:
@@ -202,16 +224,27 @@ class Predictor:
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="torchship") as pool:
             yield from pool.map(run, jobs)
 
-    def plan_batches(self, lengths: np.ndarray) -> list[tuple[list[int], int]]:
-        """(rows, bucket) micro-batches: rows sorted by length, grouped by bucket, bounded by the budgets."""
+    def plan_batches(self, lengths: np.ndarray) -> list[tuple[list[int], int, Backend]]:
+        """(rows, padded length, backend) micro-batches: rows sorted by length and grouped by bucket (the
+        static buckets, or the timing grid for dynamic formats), bounded by the token and row budgets."""
         order = np.argsort(lengths, kind="stable").tolist()
         groups: dict[int, list[int]] = {}
         for r in order:
-            groups.setdefault(self.bucket_for(int(lengths[r])), []).append(r)
+            n = int(lengths[r])
+            if n > self.max_length:
+                raise SequenceTooLongError(f"sequence length {n} exceeds the longest traced length {self.max_length}")
+            groups.setdefault(self.buckets[min(bisect.bisect_left(self.buckets, n), len(self.buckets) - 1)], []).append(
+                r
+            )
         jobs = []
-        for bucket, members in groups.items():
-            rows_per_batch = max(1, min(self.options.batch_size, self.options.max_batch_tokens // bucket))
-            jobs += [(members[i : i + rows_per_batch], bucket) for i in range(0, len(members), rows_per_batch)]
+        for members in groups.values():
+            longest = int(lengths[members[-1]])
+            backend = self.select(len(members), longest, self.format)
+            budget = self.options.max_batch_tokens // backend.pad_length(longest)
+            size = max(1, min(self.options.batch_size, budget, MAX_BATCH))
+            for i in range(0, len(members), size):
+                rows = members[i : i + size]
+                jobs.append((rows, backend.pad_length(int(lengths[rows[-1]])), backend))
         return jobs
 
     def pad_rows(self, encoded: Encoded, rows: list[int], bucket: int) -> dict[str, torch.Tensor]:
@@ -331,6 +364,22 @@ class Predictor:
             answers = question_answering.answer(str(c), found, top_k=top_k)
             results.append(answers[0] if top_k == 1 and answers else answers)
         return results[0] if single else results
+
+
+def _load_backend(name: str, root: Path, manifest: artifact.Manifest, options: LoadOptions) -> Backend:
+    entries = manifest["formats"][name]
+    max_length = int(manifest["max_length"])
+    if name == "torchscript":
+        return torchscript.load(root / entries[0]["file"], sorted(int(e["seq"]) for e in entries))
+    if name == "aoti":
+        from .formats import aoti
+
+        return aoti.load(root / entries[0]["file"], max_length)
+    if name == "onnx":
+        from .formats import onnx
+
+        return onnx.load(root / entries[0]["file"], max_length, threads=options.threads)
+    raise ArtifactError(f"artifact format {name!r} is unknown to this torchship; upgrade torchship", path=root)
 
 
 def _positive(value: object, name: str) -> int:

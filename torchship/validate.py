@@ -88,6 +88,17 @@ class ParityReport:
             "validated_shape": self.shapes[seq],
         }
 
+    def summary(self) -> dict[str, object]:
+        """One parity record over every validated shape (for formats with dynamic shapes)."""
+        names = {n for diffs in self.max_abs_diff.values() for n in diffs}
+        worst = {n: max(d[n] for d in self.max_abs_diff.values()) for n in sorted(names)}
+        return {
+            "atol": self.atol,
+            "passed": all(v <= self.atol for v in worst.values()),
+            "max_abs_diff": worst,
+            "validated_shapes": [self.shapes[s] for s in sorted(self.shapes)],
+        }
+
     def raise_on_failure(self, fmt: str) -> None:
         failures = self.failures()
         if failures:
@@ -100,15 +111,28 @@ class ParityReport:
             )
 
 
-def check(predictor: Predictor, eager: EagerFn, *, batch: int, atol: float, seed: int = 0) -> ParityReport:
-    """Compare every bucket of ``predictor`` against ``eager`` and return the max abs diff per output."""
+def check(
+    predictor: Predictor,
+    eager: EagerFn,
+    *,
+    batch: int,
+    atol: float,
+    format: str | None = None,
+    grid: list[int] | None = None,
+    seed: int = 0,
+) -> ParityReport:
+    """Compare ``format`` of ``predictor`` against ``eager`` at lengths just under each ``grid`` length (its
+    buckets by default); return the max abs diff per output and length."""
+    grid = grid or predictor.buckets
     report = ParityReport(atol=atol)
-    for seq in predictor.buckets:
-        lengths = case_lengths(predictor.buckets, seq, batch, seed)
+    for seq in grid:
+        lengths = case_lengths(grid, seq, batch, seed)
         encoded = rows_at_lengths(predictor.encoder.tokenizer, lengths, seed)
         longest = max(lengths)
         inputs = predictor.pad_rows(encoded, list(range(len(lengths))), longest)
-        exported = predictor.run(**inputs)
+        exported = predictor.run(
+            inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"), format=format
+        )
         reference = eager(inputs)
         real = inputs["attention_mask"].bool()  # (batch, longest): padded positions carry no meaning
         diffs = {}

@@ -16,20 +16,31 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+
 
 class ExportWrapper(nn.Module):
-    """Calls ``model(**dict(zip(input_names, inputs)))`` and returns ``output_names`` as a tuple."""
+    """Binds ``input_ids, attention_mask[, token_type_ids]`` by keyword and returns ``output_names`` as a tuple.
+
+    The signature is explicit (not ``*inputs``) so every format sees named inputs: TorchScript's graph,
+    ``torch.export``'s dynamic shapes and ONNX's input names.
+    """
 
     def __init__(self, model: nn.Module, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> None:
         super().__init__()
+        if input_names[:2] != ("input_ids", "attention_mask") or not set(input_names) <= set(INPUT_ORDER):
+            raise ValueError(f"inputs must be {INPUT_ORDER[:2]} [+ token_type_ids], got {input_names}")
         self.model = model
         self.input_names = input_names
         self.output_names = output_names
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if len(inputs) != len(self.input_names):
-            raise TypeError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
-        out = self.model(**dict(zip(self.input_names, inputs, strict=True)), return_dict=True)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        kwargs: dict[str, torch.Tensor | None] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.model(**kwargs, return_dict=True)
         return tuple(out[name] for name in self.output_names)
 
 

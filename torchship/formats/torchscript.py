@@ -8,13 +8,13 @@ method, so K buckets cost one copy of the weights on disk and in memory.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from . import Backend
+
 FILE = "model.pt"
-Runner = Callable[..., tuple[torch.Tensor, ...]]
 
 
 def method_name(seq: int) -> str:
@@ -37,14 +37,21 @@ def export(
             traced = torch.jit.trace_module(wrapper.eval(), inputs, check_trace=False)  # type: ignore[no-untyped-call]
         frozen = torch.jit.freeze(traced.eval(), preserved_attrs=[method_name(seq) for seq in examples])
         torch.jit.save(frozen, str(path))
+    for seq in examples:
+        delattr(wrapper, method_name(seq))
     return list(seen)
 
 
-def load(path: Path, seqs: list[int]) -> dict[int, Runner]:
-    """Load ``path`` and return a runner per bucket."""
+def load(path: Path, seqs: list[int]) -> Backend:
+    """Load ``path``; the backend runs bucket ``S`` through method ``seq_S``."""
     with warnings.catch_warnings():
         # torch.jit is deprecated upstream; the artifact's whole point is to keep it loadable. Silence that one notice.
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=DeprecationWarning)
         module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     module.eval()
-    return {seq: getattr(module, method_name(seq)) for seq in seqs}
+    methods = {seq: getattr(module, method_name(seq)) for seq in seqs}
+
+    def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(methods[seq](*inputs))
+
+    return Backend("torchscript", max(seqs), sorted(seqs), run)

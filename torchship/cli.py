@@ -56,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("serve", help="serve an artifact over HTTP with dynamic batching")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per batch")
+    p.add_argument("--max-batch-size", type=int, default=64, help="items per batch")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--max-queue", type=int, default=1024, help="items waiting; more get 503")
+    p.add_argument("--max-input-items", type=int, default=256, help="texts per request")
+    p.add_argument("--max-input-chars", type=int, default=100_000, help="characters per text")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of refusing them")
+    p.add_argument("--workers", type=int, default=1, help="micro-batches run concurrently")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads")
+
     p = sub.add_parser("info", help="summarize an artifact's manifest")
     p.add_argument("artifact", metavar="ARTIFACT")
     p.add_argument("--json", action="store_true", help="print the whole manifest")
@@ -158,6 +173,27 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .options import ServeOptions
+    from .serve import serve
+
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_input_items=args.max_input_items,
+        max_input_chars=args.max_input_chars,
+        api_key=args.api_key,
+        truncate=args.truncate,
+        workers=args.workers,
+        threads=args.threads,
+    )
+    return serve(args.artifact, options)
+
+
 def _print_info(path: str | Path) -> None:
     from .artifact import read_manifest
 
@@ -230,7 +266,14 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"export": _export, "predict": _predict, "plan": _plan, "info": _info, "validate": _validate}
+_COMMANDS = {
+    "export": _export,
+    "predict": _predict,
+    "plan": _plan,
+    "serve": _serve,
+    "info": _info,
+    "validate": _validate,
+}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -130,3 +130,50 @@ class LoadOptions:
             raise OptionsError(f"workers must be >= 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise OptionsError(f"threads must be >= 1 or None, got {self.threads}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeOptions:
+    """How ``torchship serve`` runs.
+
+    A batch closes at ``max_batch_tokens`` padded tokens, ``max_batch_size`` items, or ``max_wait_ms`` after
+    its first item. At most ``max_queue`` items wait; beyond that requests get 503 with Retry-After.
+    One request holds at most ``max_input_items`` texts of at most ``max_input_chars`` characters each;
+    texts over the longest bucket are refused (413) unless ``truncate``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_tokens: int = 8192
+    max_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    max_input_items: int = 256
+    max_input_chars: int = 100_000
+    api_key: str | None = None
+    truncate: bool = False
+    workers: int = 1
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_batch_tokens",
+            "max_batch_size",
+            "max_queue",
+            "max_input_items",
+            "max_input_chars",
+            "workers",
+        ):
+            if getattr(self, name) < 1:
+                raise OptionsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise OptionsError(f"port must be in 0..65535, got {self.port}")
+        if self.max_wait_ms < 0:
+            raise OptionsError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.max_input_items > self.max_queue:
+            raise OptionsError(
+                f"max_input_items {self.max_input_items} exceeds max_queue {self.max_queue}: such a request could "
+                "never be queued; raise --max-queue or lower --max-input-items"
+            )
+        if self.api_key is not None and not self.api_key.strip():
+            raise OptionsError("api_key is empty; pass a non-empty key or none")

@@ -270,17 +270,25 @@ class Predictor:
             raise InputError(f"question= and context= are for question-answering; this artifact is {self.task}")
         single = isinstance(inputs, str) or (isinstance(inputs, tuple) and len(inputs) == 2)
         texts = check_texts(inputs)
-        encoded = self.encoder.encode(texts)
+        results = self.predict_encoded(texts, self.encoder.encode(texts), **kwargs)
+        if self.task == "feature-extraction":
+            return np.stack(results)
+        return results[0] if single else results
+
+    def predict_encoded(self, texts: list[TextInput], encoded: Encoded, **kwargs: Any) -> list[Any]:
+        """Task outputs for texts already checked and encoded, in input order (feature extraction: one
+        float32 vector per text). The server's batcher calls this with rows from many requests."""
         post = self._postprocessor(texts, encoded, **kwargs)
         results: list[Any] = [None] * len(encoded.ids)
         for rows, batch in self.batches(encoded):
             for r, result in zip(rows, post(batch), strict=True):
                 results[r] = result
         if self.task == "feature-extraction":
-            return np.stack([r.numpy() for r in results]).astype(np.float32, copy=False)
-        return results[0] if single else results
+            return [r.numpy().astype(np.float32, copy=False) for r in results]
+        return results
 
-    def _postprocessor(self, texts: list[TextInput], encoded: Encoded, **kwargs: Any) -> Callable[[Batch], list[Any]]:
+    def check_options(self, **kwargs: Any) -> None:
+        """Raise InputError for a post-processing option this task does not take, or a bad value."""
         allowed = {
             "fill-mask": {"top_k"},
             "text-classification": {"top_k"},
@@ -291,6 +299,13 @@ class Predictor:
             raise InputError(
                 f"unknown option(s) {sorted(unknown)} for task {self.task}; valid: {sorted(allowed) or 'none'}"
             )
+        if "top_k" in kwargs and kwargs["top_k"] is not None:
+            _positive(kwargs["top_k"], "top_k")
+        if "aggregation_strategy" in kwargs:
+            token_classification.check_strategy(kwargs["aggregation_strategy"])
+
+    def _postprocessor(self, texts: list[TextInput], encoded: Encoded, **kwargs: Any) -> Callable[[Batch], list[Any]]:
+        self.check_options(**kwargs)
         m = self.manifest
         labels = m.get("labels") or {}
         if self.task == "feature-extraction":

@@ -41,6 +41,25 @@ class Encoded:
     truncated: list[bool]
     special: list[list[int]] = field(default_factory=list)
 
+    @classmethod
+    def concat(cls, parts: list[Encoded]) -> Encoded:
+        return cls(
+            ids=[x for p in parts for x in p.ids],
+            type_ids=[x for p in parts for x in p.type_ids],
+            offsets=[x for p in parts for x in p.offsets],
+            truncated=[x for p in parts for x in p.truncated],
+            special=[x for p in parts for x in p.special],
+        )
+
+    def select(self, rows: list[int]) -> Encoded:
+        return Encoded(
+            ids=[self.ids[r] for r in rows],
+            type_ids=[self.type_ids[r] for r in rows],
+            offsets=[self.offsets[r] for r in rows],
+            truncated=[self.truncated[r] for r in rows],
+            special=[self.special[r] for r in rows],
+        )
+
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))

@@ -1,0 +1,140 @@
+"""AOTInductor and ONNX beside TorchScript: parity, forced and automatic format choice, caching, extras."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import torchship
+from torchship.formats import aoti, onnx
+
+
+@pytest.fixture(scope="module")
+def all_formats(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    out = tmp_path_factory.mktemp("formats") / "all"
+    options = torchship.ExportOptions(formats=("all",), seq_lengths=(8, 32), cache_dir=cache)
+    return torchship.export(tiny_bert_dir, out, options)
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_manifest_records_every_format_with_parity_and_timings(all_formats: Path) -> None:
+    m = _manifest(all_formats)
+    assert list(m["formats"]) == ["torchscript", "aoti", "onnx"]
+    for fmt in ("aoti", "onnx"):
+        (entry,) = m["formats"][fmt]
+        assert entry["batch"] is None
+        assert entry["seq"] is None
+        assert entry["max_seq"] == 32
+        assert entry["parity"]["passed"] is True
+        assert max(entry["parity"]["max_abs_diff"].values()) <= 1e-4
+        assert [b for b, _ in entry["parity"]["validated_shapes"]] == [3, 3]
+    timings = m["timings"]
+    assert timings["batch"] == [1, 8]
+    assert timings["seq"] == [8, 32]
+    for fmt in ("torchscript", "aoti", "onnx"):
+        assert set(timings["median_ms"][fmt]) == {"1x8", "1x32", "8x8", "8x32"}
+        assert all(ms > 0 for ms in timings["median_ms"][fmt].values())
+    assert set(m["export"]["format_seconds"]) == {"torchscript", "aoti", "onnx"}
+    assert "onnx_fusion" in m["export"]["notes"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "aoti", "onnx"])
+def test_each_format_matches_eager_at_untraced_shapes(all_formats: Path, tiny_bert_dir: Path, fmt: str) -> None:
+    from transformers import AutoModel
+
+    predictor = torchship.load(all_formats, format=fmt)
+    assert list(predictor.backends) == [fmt]
+    eager = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    torch.manual_seed(3)
+    for batch, seq in [(1, 3), (5, 19), (2, 32)]:
+        ids = torch.randint(1000, 5000, (batch, seq))
+        mask = torch.ones_like(ids)
+        mask[0, seq // 2 + 1 :] = 0
+        got = predictor.run(ids, mask)
+        with torch.inference_mode():
+            want = eager(input_ids=ids, attention_mask=mask)
+        assert (got["last_hidden_state"] - want.last_hidden_state)[mask.bool()].abs().max() <= 1e-4
+        assert (got["pooler_output"] - want.pooler_output).abs().max() <= 1e-4
+    if fmt != "torchscript":
+        assert predictor.bucket_for(19) == 24  # dynamic formats pad only to a multiple of 8
+
+
+def test_auto_format_picks_the_fastest_recorded(all_formats: Path) -> None:
+    predictor = torchship.load(all_formats)
+    assert set(predictor.backends) == {"torchscript", "aoti", "onnx"}
+    medians = _manifest(all_formats)["timings"]["median_ms"]
+    for batch, seq in [(1, 5), (1, 30), (8, 8), (16, 32)]:
+        grid = f"{1 if batch < 3 else 8}x{8 if seq <= 8 else 32}"
+        fastest = min(medians, key=lambda f: medians[f][grid])
+        assert predictor.select(batch, seq).name == fastest
+    texts = ["hello world", "a somewhat longer sentence about muppets and puppets", "x"]
+    auto = predictor(texts)
+    for fmt in ("torchscript", "aoti", "onnx"):
+        np.testing.assert_allclose(torchship.load(all_formats, format=fmt)(texts), auto, atol=1e-5)
+
+
+def test_files_load_without_torchship(all_formats: Path) -> None:
+    """The .pt2 loads with torch._inductor alone; the .onnx with a plain ONNX Runtime session."""
+    import onnxruntime as ort
+
+    ids = torch.tensor([[101, 2000, 2001, 102]])
+    runner = torch._inductor.aoti_load_package(str(all_formats / aoti.FILE))
+    out = runner(ids, torch.ones_like(ids), torch.zeros_like(ids))
+    assert out[0].shape == (1, 4, 32)
+    session = ort.InferenceSession(str(all_formats / onnx.FILE), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    feed = {
+        "input_ids": ids.numpy(),
+        "attention_mask": np.ones((1, 4), np.int64),
+        "token_type_ids": np.zeros((1, 4), np.int64),
+    }
+    np.testing.assert_allclose(session.run(["pooler_output"], feed)[0], out[1].numpy(), atol=1e-5)
+
+
+def test_compiled_package_is_reused_from_the_cache(all_formats: Path, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    cache = Path(_manifest(all_formats)["export"]["options"]["cache_dir"])
+    (cached,) = list((cache / "aoti").glob("*.pt2"))
+    options = torchship.ExportOptions(formats=("aoti",), seq_lengths=(8, 32), cache_dir=cache)
+    again = torchship.export(tiny_bert_dir, tmp_path / "again", options)
+    assert (
+        _manifest(again)["export"]["format_seconds"]["aoti"]
+        < 0.5 * _manifest(all_formats)["export"]["format_seconds"]["aoti"]
+    )
+    assert (again / aoti.FILE).read_bytes() == cached.read_bytes()
+    assert _manifest(again)["formats"]["aoti"][0]["parity"]["passed"] is True
+
+
+def test_missing_format_is_a_clear_error(tiny_bert_artifact: Path) -> None:
+    with pytest.raises(torchship.ArtifactError, match="has no 'onnx' format; it holds: torchscript"):
+        torchship.load(tiny_bert_artifact, format="onnx")
+    predictor = torchship.load(tiny_bert_artifact)
+    with pytest.raises(torchship.InputError, match="format 'aoti' is not loaded"):
+        predictor.run([[101, 102]], format="aoti")
+
+
+def test_missing_onnxruntime_names_the_extra(all_formats: Path) -> None:
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "onnxruntime":
+            raise ImportError("blocked")
+sys.meta_path.insert(0, Block())
+import torchship
+try:
+    torchship.load({str(all_formats)!r}, format="onnx")
+except torchship.OptionsError as e:
+    print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'torchship[onnx]'" in out

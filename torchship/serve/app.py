@@ -1,0 +1,228 @@
+"""The FastAPI app: OpenAI-compatible embeddings, task-native /predict, health, info, metrics.
+
+Every bad input maps to a 4xx with a message that names the problem: 401 bad key, 400 wrong task,
+413 over a limit, 422 malformed or empty, 503 queue full (with Retry-After). Nothing is a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import time
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ..errors import InputError, SequenceTooLongError
+from ..options import ServeOptions
+from ..runtime import Predictor, load
+from ..tokenize import TextInput, check_texts
+from .batcher import Batcher, Item, QueueFullError
+from .metrics import Metrics
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
+
+
+class EmbeddingRequest(BaseModel):
+    input: str | list[str] = Field(description="a text or a list of texts")
+    model: str = Field("torchship", description="any name; echoed back")
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+    dimensions: int | None = None
+
+
+class PredictRequest(BaseModel):
+    inputs: str | list[str | tuple[str, str]] | None = Field(None, description="texts, or (text, pair) tuples")
+    question: str | list[str] | None = None
+    context: str | list[str] | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict, description="top_k, aggregation_strategy, ...")
+
+
+def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
+    predictor = load(
+        artifact, truncation="warn" if options.truncate else "error", workers=options.workers, threads=options.threads
+    )
+    metrics = Metrics()
+    state: dict[str, Any] = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state["batcher"] = Batcher(
+            predictor, metrics, max_batch_tokens=options.max_batch_tokens, max_batch_size=options.max_batch_size,
+            max_wait_ms=options.max_wait_ms, max_queue=options.max_queue,
+        )  # fmt: skip
+        await asyncio.to_thread(_warm_up, predictor)
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await asyncio.to_thread(state["batcher"].close)
+
+    app = FastAPI(title="torchship", version=predictor.manifest["torchship_version"], lifespan=lifespan)
+
+    @app.middleware("http")
+    async def record(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        endpoint = request.url.path
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(HTTPError)
+    async def on_http_error(request: Request, e: HTTPError) -> JSONResponse:
+        if e.status in (413, 503):
+            metrics.rejected.labels(e.kind).inc()
+        return JSONResponse({"error": {"message": e.message, "type": e.kind}}, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, e: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        return JSONResponse({"error": {"message": problems, "type": "invalid_request"}}, status_code=422)
+
+    def authorize(request: Request) -> None:
+        if options.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), options.api_key.encode()):
+            raise HTTPError(401, "missing or wrong API key; send 'Authorization: Bearer KEY'", "unauthorized")
+
+    async def run_items(texts: list[TextInput], parameters: dict[str, Any]) -> list[Any]:
+        if len(texts) > options.max_input_items:
+            raise HTTPError(
+                413, f"{len(texts)} inputs exceed max_input_items {options.max_input_items}; split the request",
+                "too_many_items",
+            )  # fmt: skip
+        for i, text in enumerate(texts):
+            chars = len(text) if isinstance(text, str) else sum(map(len, text))
+            if chars > options.max_input_chars:
+                raise HTTPError(
+                    413, f"input {i} has {chars} characters, over max_input_chars {options.max_input_chars}",
+                    "too_many_characters",
+                )  # fmt: skip
+        try:
+            checked = check_texts(texts)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # truncation is the server's documented --truncate
+                encoded = await asyncio.to_thread(predictor.encoder.encode, checked)
+            predictor.check_options(**parameters)
+        except SequenceTooLongError as e:
+            raise HTTPError(413, f"{e} (or start the server with --truncate)", "too_many_tokens") from e
+        except InputError as e:
+            raise HTTPError(422, str(e), "invalid_request") from e
+        loop = asyncio.get_running_loop()
+        key = tuple(sorted(parameters.items()))
+        items = [
+            Item(t, encoded.select([i]), key, loop.create_future(), loop) for i, t in enumerate(checked)
+        ]  # fmt: skip
+        try:
+            state["batcher"].submit(items)
+        except QueueFullError as e:
+            raise HTTPError(503, str(e), "queue_full", {"Retry-After": "1"}) from e
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except InputError as e:
+            raise HTTPError(422, str(e), "invalid_request") from e
+        finally:
+            for item in items:
+                item.future.cancel()  # the client left: the batcher skips what has not run yet
+
+    @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
+    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+        if predictor.task != "feature-extraction":
+            raise HTTPError(
+                400, f"this artifact serves {predictor.task}, not embeddings; use POST /predict", "wrong_task"
+            )
+        texts: list[TextInput] = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts:
+            raise HTTPError(422, "input is empty; pass a string or a non-empty list of strings", "invalid_request")
+        vectors = await run_items(texts, {})
+        tokens = int(sum(len(ids) for ids in predictor.encoder.encode(check_texts(texts)).ids))
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
+        return {
+            "object": "list", "data": data, "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }  # fmt: skip
+
+    @app.post("/predict", dependencies=[Depends(authorize)])
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        if predictor.task == "question-answering":
+            if body.question is None or body.context is None:
+                raise HTTPError(422, "question-answering needs 'question' and 'context'", "invalid_request")
+            try:
+                out = await asyncio.to_thread(
+                    predictor, question=body.question, context=body.context, **body.parameters
+                )
+            except TypeError as e:
+                raise HTTPError(422, f"invalid parameters: {e}", "invalid_request") from e
+            except InputError as e:
+                raise HTTPError(422, str(e), "invalid_request") from e
+            return {"task": predictor.task, "outputs": out}
+        if body.question is not None or body.context is not None:
+            raise HTTPError(400, f"this artifact serves {predictor.task}, not question-answering", "wrong_task")
+        if body.inputs is None:
+            raise HTTPError(422, f"{predictor.task} needs 'inputs': a text or a list of texts", "invalid_request")
+        single = isinstance(body.inputs, str)
+        texts: list[TextInput] = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+        results = await run_items(texts, body.parameters)
+        if predictor.task == "feature-extraction":
+            results = [np.asarray(r).tolist() for r in results]
+        return {"task": predictor.task, "outputs": results[0] if single else results}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ready = state["ready"]
+        return JSONResponse({"status": "ready" if ready else "warming up"}, status_code=200 if ready else 503)
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        m = predictor.manifest
+        return {
+            "task": m["task"], "architecture": m["architecture"], "source": m["source"]["model"],
+            "inputs": m["inputs"], "outputs": m["outputs"], "max_length": m["max_length"],
+            "formats": {f: len(e) for f, e in m["formats"].items()}, "buckets": predictor.buckets,
+            "pooling": m.get("pooling"), "labels": m.get("labels"), "torchship_version": m["torchship_version"],
+            "limits": {
+                "max_batch_tokens": options.max_batch_tokens, "max_batch_size": options.max_batch_size,
+                "max_wait_ms": options.max_wait_ms, "max_queue": options.max_queue,
+                "max_input_items": options.max_input_items, "max_input_chars": options.max_input_chars,
+                "truncate": options.truncate,
+            },
+        }  # fmt: skip
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _encode_vector(vector: np.ndarray, fmt: str) -> list[float] | str:
+    if fmt == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return [float(x) for x in vector]
+
+
+def _warm_up(predictor: Predictor) -> None:
+    """Run every bucket once, so the first request does not pay for lazy initialization."""
+    import torch
+
+    for seq in predictor.buckets:
+        predictor.run(torch.full((1, seq), 1000, dtype=torch.long))
+    predictor.counters.reset()

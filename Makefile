@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint clean
+.PHONY: demo test cpp clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
+
+# The libtorch consumer: links the libtorch inside the torch wheel; installs cmake and nlohmann-json if missing.
+cpp: $(VENV)/.demo-installed
+	@command -v cmake >/dev/null && test -f /usr/include/nlohmann/json.hpp || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake nlohmann-json3-dev >/dev/null)
+	cmake -S cpp -B build/cpp -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
+	cmake --build build/cpp -j2
+	@echo "built build/cpp/torchship-run"
 
 clean:
 	rm -rf artifacts build *.egg-info .pytest_cache .mypy_cache .ruff_cache

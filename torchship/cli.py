@@ -56,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("bench", help="benchmark every format of an artifact against baselines; JSON, Markdown, plots")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--texts", type=Path, help="a corpus (JSON lines with 'text', or text lines) to embed end to end")
+    p.add_argument("--shapes", default="1x16,1x128,8x128", help="BATCHxSEQ list")
+    p.add_argument("--compare", default="eager,onnxruntime", help="baselines: eager, onnxruntime (empty: none)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for every contender")
+    p.add_argument("--output", type=Path, default=Path("bench"), help="directory for report.json, report.md, PNGs")
+    p.add_argument("--seq-sweep", default="16,32,64,128,256", help="batch-1 lengths for the latency plot")
+    p.add_argument("--batch-sweep", default="1,2,4,8,16", help="batch sizes for the throughput plot")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed runs per point (at least 5 runs)")
+
     p = sub.add_parser("serve", help="serve an artifact over HTTP with dynamic batching")
     p.add_argument("artifact", metavar="ARTIFACT")
     p.add_argument("--host", default="127.0.0.1")
@@ -70,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of refusing them")
     p.add_argument("--workers", type=int, default=1, help="micro-batches run concurrently")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
+
+    p = sub.add_parser("tokenize", help="token ids as JSON lines, for torchship-run (C++) and other consumers")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("texts", metavar="TEXT", nargs="*")
+    p.add_argument("--file", type=Path, help="read texts from a file: one per line, or JSON lines with 'text'")
+    p.add_argument("--truncation", default="warn", choices=["warn", "error"])
 
     p = sub.add_parser("info", help="summarize an artifact's manifest")
     p.add_argument("artifact", metavar="ARTIFACT")
@@ -173,6 +190,37 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, parse_shapes, run_bench
+
+    options = BenchOptions(
+        shapes=parse_shapes(args.shapes),
+        seq_sweep=parse_int_list(args.seq_sweep, name="--seq-sweep"),
+        batch_sweep=parse_int_list(args.batch_sweep, name="--batch-sweep"),
+        compare=tuple(c.strip() for c in args.compare.split(",") if c.strip()),
+        threads=args.threads,
+        texts=args.texts,
+        min_time=args.min_time,
+        output=args.output,
+    )
+    run_bench(args.artifact, options)
+    print(f"wrote {args.output / 'report.json'}, {args.output / 'report.md'} and plots")
+    return 0
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from . import load
+
+    predictor = load(args.artifact, truncation=args.truncation)
+    encoded = predictor.encode(_read_texts(args))
+    for ids, types in zip(encoded.ids, encoded.type_ids, strict=True):
+        line = {"input_ids": ids.tolist(), "attention_mask": [1] * len(ids)}
+        if "token_type_ids" in predictor.input_names:
+            line["token_type_ids"] = types.tolist()
+        print(json.dumps(line))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .options import ServeOptions
     from .serve import serve
@@ -267,10 +315,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
+    "bench": _bench,
     "export": _export,
     "predict": _predict,
     "plan": _plan,
     "serve": _serve,
+    "tokenize": _tokenize,
     "info": _info,
     "validate": _validate,
 }

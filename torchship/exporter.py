@@ -98,6 +98,7 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
         "inference_only": True,
         "tied_weights": tied,
         "max_length": buckets[-1],
+        "buckets": buckets,
         "tokenizer": tokenizer_info,
         "pooling": _pooling(st) if task == "feature-extraction" else None,
         "labels": _labels(config) if task in ("text-classification", "token-classification") else None,

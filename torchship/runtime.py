@@ -100,7 +100,7 @@ class Predictor:
         self.backends: dict[str, Backend] = {n: _load_backend(n, root, manifest, options) for n in names}
         self.timings: dict[str, Any] = manifest.get("timings") or {}
         static = [b.lengths for b in self.backends.values() if b.lengths]
-        self.buckets: list[int] = static[0] if static else list(self.timings.get("seq") or [self.max_length])
+        self.buckets: list[int] = static[0] if static else list(manifest.get("buckets") or [self.max_length])
         tok = manifest["tokenizer"]
         self.pad_token_id = int(tok["pad_token_id"])
         self.encoder = TextEncoder(
@@ -389,12 +389,15 @@ def _load_backend(name: str, root: Path, manifest: artifact.Manifest, options: L
     if name == "aoti":
         from .formats import aoti
 
-        return aoti.load(root / entries[0]["file"], max_length)
-    if name == "onnx":
+        backend = aoti.load(root / entries[0]["file"], max_length)
+    elif name == "onnx":
         from .formats import onnx
 
-        return onnx.load(root / entries[0]["file"], max_length, threads=options.threads)
-    raise ArtifactError(f"artifact format {name!r} is unknown to this torchship; upgrade torchship", path=root)
+        backend = onnx.load(root / entries[0]["file"], max_length, threads=options.threads)
+    else:
+        raise ArtifactError(f"artifact format {name!r} is unknown to this torchship; upgrade torchship", path=root)
+    backend.snap = sorted(int(b) for b in manifest.get("buckets") or [])
+    return backend
 
 
 def _positive(value: object, name: str) -> int:

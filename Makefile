@@ -29,7 +29,7 @@ test: $(VENV)/.test-installed
 	$(PY) -m pytest
 
 # The libtorch consumer: links the libtorch inside the torch wheel; installs cmake and nlohmann-json if missing.
-cpp: $(VENV)/.demo-installed
+cpp: | $(PY)
 	@command -v cmake >/dev/null && test -f /usr/include/nlohmann/json.hpp || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake nlohmann-json3-dev >/dev/null)
 	cmake -S cpp -B build/cpp -DCMAKE_BUILD_TYPE=Release \

@@ -81,6 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of refusing them")
     p.add_argument("--workers", type=int, default=1, help="micro-batches run concurrently")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="deploy on Ray Serve (join ADDRESS, or start a local Ray)")  # fmt: skip
+    p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
+
+    p = sub.add_parser("embed", help="embed a corpus file (.jsonl, .parquet, .txt) into Parquet")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--input", type=Path, required=True, help=".jsonl, .parquet or .txt")
+    p.add_argument("--output", type=Path, required=True, help="FILE.parquet")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="what a bad row does")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray Data (join ADDRESS, or start a local Ray)")  # fmt: skip
+    p.add_argument("--actors", type=int, default=2, help="Predictor actors in the Ray pool")
 
     p = sub.add_parser("tokenize", help="token ids as JSON lines, for torchship-run (C++) and other consumers")
     p.add_argument("artifact", metavar="ARTIFACT")
@@ -221,6 +236,27 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    from .embed import EmbedOptions, embed_file
+
+    options = EmbedOptions(
+        text_field=args.text_field,
+        id_field=args.id_field,
+        batch_size=args.batch_size,
+        on_error=args.on_error,
+        ray=args.ray is not None,
+        ray_address=args.ray or None,
+        actors=args.actors,
+        progress=True,
+    )
+    summary = embed_file(args.artifact, args.input, args.output, options)
+    print(
+        f"wrote {args.output}: {summary['embedded']} of {summary['rows']} rows embedded (dim {summary['dim']}), "
+        f"{summary['skipped']} skipped"
+    )
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .options import ServeOptions
     from .serve import serve
@@ -239,6 +275,11 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
     )
+    if args.ray is not None:
+        from .serve import ray_serve
+
+        ray_serve.run(str(Path(args.artifact).absolute()), options, replicas=args.replicas, address=args.ray or None)
+        return 0
     return serve(args.artifact, options)
 
 
@@ -316,6 +357,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "bench": _bench,
+    "embed": _embed,
     "export": _export,
     "predict": _predict,
     "plan": _plan,

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.test_architectures import TASK_TESTS  # noqa: E402
 from torchship import registry  # noqa: E402
-from torchship.options import FORMATS, TASKS  # noqa: E402
+from torchship.options import ALL_FORMATS, TASKS  # noqa: E402
 
 START, END = "<!-- support-matrix:start -->", "<!-- support-matrix:end -->"
 
@@ -59,7 +59,7 @@ def render(outcomes: dict[str, bool]) -> str:
         lines.append(f"| {family} | {' | '.join(cells)} |")
     lines += [
         "",
-        f"Formats: {', '.join(FORMATS)}. Regenerate with `.venv/bin/python tools/support_matrix.py`.",
+        f"Formats: {', '.join(ALL_FORMATS)}. Regenerate with `.venv/bin/python tools/support_matrix.py`.",
         "",
         END,
     ]

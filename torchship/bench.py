@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device import DTYPES
 from .errors import OptionsError
 from .flops import flops
 from .runtime import Predictor, load
@@ -82,11 +83,20 @@ def measure(fn: RunFn, ids: torch.Tensor, min_time: float) -> dict[str, float]:
     }
 
 
-def gemm_peak(n: int = 2048, repeats: int = 8) -> float:
-    """Best fp32 GEMM rate (FLOP/s) of torch.mm at n^3 on the current threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+def gemm_peak(
+    n: int = 2048, repeats: int = 8, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> float:
+    """Best GEMM rate (FLOP/s) of torch.mm at n^3 on ``device`` in ``dtype`` (CPU: on the current threads)."""
+    device = device or torch.device("cpu")
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+
+    def mm() -> None:
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    mm()
+    best = min(_timed(mm) for _ in range(repeats))
     return 2 * n**3 / best
 
 
@@ -181,7 +191,7 @@ def run_bench(artifact: str | Path, options: BenchOptions) -> dict[str, Any]:
     contenders = _contenders(predictor, options, notes, out)
     config = json.loads((predictor.root / "config.json").read_text())
     pooler = "pooler_output" in predictor.output_names
-    peak = gemm_peak()
+    peak = gemm_peak(device=predictor.device, dtype=DTYPES[predictor.manifest.get("dtype", "float32")])
     generator = torch.Generator().manual_seed(0)
 
     def record(series: str, name: str, batch: int, seq: int) -> dict[str, Any]:

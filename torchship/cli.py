@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths-from", type=Path, help="texts (JSON lines) or lengths to plan buckets from")
     p.add_argument("--max-buckets", type=int, default=16, help="number of planned buckets (--buckets auto)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
+    p.add_argument("--device", default="cpu", help="trace and run on: cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 
     p = sub.add_parser("predict", help="run texts through an artifact")
     p.add_argument("artifact", metavar="ARTIFACT")
@@ -149,6 +151,8 @@ def _export(args: argparse.Namespace) -> int:
         max_buckets=args.max_buckets,
         overwrite=args.overwrite,
         progress=True,
+        device=args.device,
+        dtype=args.dtype,
     )
     path = export(args.model, args.output_dir, options)
     _print_info(path)
@@ -292,7 +296,11 @@ def _print_info(path: str | Path) -> None:
     print(f"task          {m['task']} ({m['architecture']['class']}, model_type {m['architecture']['model_type']})")
     print(f"inputs        {', '.join(m['inputs'])}")
     print(f"outputs       {', '.join(m['outputs'])}")
-    print(f"dtype         {m['dtype']}   max_length {m['max_length']}   inference_only {m['inference_only']}")
+    print(f"dtype         {m['dtype']} on {m['device']}   max_length {m['max_length']}")
+    print(f"inference     only (tied weights cloned: {len(m['tied_weights'])} group(s))")
+    if m.get("precision"):
+        tol = ", ".join(f"{k} {v:.2e}" for k, v in m["precision"]["tolerance"].items())
+        print(f"precision     measured against float32: {tol}")
     if m.get("plan"):
         expected = m["plan"]["expected"]["planned"]
         print(

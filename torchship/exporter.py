@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -19,7 +20,7 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from . import __version__, artifact, plan, registry, source, validate
+from . import __version__, artifact, device, plan, registry, source, validate
 from .errors import ArtifactError, ExportError, OptionsError, UnsupportedModelError
 from .formats import torchscript
 from .options import ExportOptions, LoadOptions
@@ -39,6 +40,11 @@ def export(model: str | Path, output_dir: str | Path, options: ExportOptions | N
             path=output_dir,
         )
     started = time.perf_counter()
+    device.resolve(options.device)  # fail before anything is loaded or written
+    if "neuron" in options.formats:
+        from .formats import neuron
+
+        neuron.require_sdk()
     src = source.resolve(model)
     with (
         _quiet_transformers(),
@@ -66,6 +72,9 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
     tied = untie_weights(loaded.model)
     _check_expected_ties(spec, tied)
     output_axes = _output_axes(loaded.model, input_names)
+    reference = loaded.model  # float32 on CPU: what reduced precision is measured against
+    target, dtype = device.resolve(options.device), device.dtype_of(options.dtype)
+    model = reference if (target.type, dtype) == ("cpu", torch.float32) else copy.deepcopy(reference).to(target, dtype)
     output_names = tuple(output_axes)
     max_length = _max_length(config, st, options)
     bucket_plan: dict[str, Any] | None = None
@@ -94,7 +103,8 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
         "inputs": list(input_names),
         "outputs": list(output_names),
         "output_axes": output_axes,
-        "dtype": "float32",
+        "dtype": options.dtype,
+        "device": options.device,
         "inference_only": True,
         "tied_weights": tied,
         "max_length": buckets[-1],
@@ -106,7 +116,7 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
         "plan": bucket_plan,
         "formats": {},
     }
-    wrapper = ExportWrapper(loaded.model, input_names, output_names).eval()
+    wrapper = ExportWrapper(model, input_names, output_names).eval()
     examples = {}
     for seq in buckets:  # batch_size rows, padding inside the batch; row 0 fills the bucket
         lengths = validate.case_lengths(buckets, seq, options.batch_size, seed=1)
@@ -114,7 +124,7 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
         encoded = validate.rows_at_lengths(tokenizer, lengths, seed=1)
         rows = list(range(len(lengths)))
         padded = pad_rows(encoded, rows, seq, input_names=input_names, pad_token_id=tokenizer_info["pad_token_id"])
-        examples[seq] = tuple(padded[name] for name in input_names)
+        examples[seq] = tuple(padded[name].to(target) for name in input_names)
 
     format_seconds: dict[str, float] = {}
     seen: list[warnings.WarningMessage] = []
@@ -126,6 +136,13 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
         if fmt == "torchscript":
             seen += torchscript.export(wrapper, examples, tmp / torchscript.FILE)
             entries[fmt] = _entries(buckets, options, None)
+        elif fmt == "neuron":
+            from .formats import neuron
+
+            seen += neuron.export(wrapper, examples, tmp)
+            entries[fmt] = [
+                {**e, "file": neuron.file_for(e["seq"]), "method": "forward"} for e in _entries(buckets, options, None)
+            ]
         else:
             cache = (options.cache_dir or default_cache_dir()) / "aoti" / f"{cache_key}.pt2"
             seen += _export_dynamic(fmt, wrapper, _dynamic_example(examples), max_length, tmp, cache)
@@ -136,8 +153,20 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
     steps.update()
 
     staging = Predictor(tmp, artifact.read_manifest(tmp), LoadOptions(verify=False))
+    batch = options.batch_size + 1
+    reference_fn = eager_fn(ExportWrapper(reference, input_names, output_names).eval())
+    tolerance: dict[str, float] = {}
+    if model is not reference:  # measured, not guessed: the eager model in this dtype against float32
+        tolerance = validate.measure_tolerance(staging, eager_fn(wrapper), reference_fn, batch=batch, grid=buckets)
+        manifest["precision"] = {
+            "dtype": options.dtype,
+            "device": options.device,
+            "reference": "the eager model in float32 on cpu",
+            "tolerance": tolerance,
+            "rule": "each output's max abs diff from the float32 reference <= atol + 1.5 x tolerance",
+        }
     check = functools.partial(
-        validate.check, staging, eager_fn(wrapper), batch=options.batch_size + 1, atol=options.atol, grid=buckets
+        validate.check, staging, reference_fn, batch=batch, atol=options.atol, grid=buckets, tolerance=tolerance
     )
     notes: dict[str, str] = {}
     for fmt in options.formats:
@@ -241,6 +270,8 @@ def _cache_key(manifest: dict[str, Any], config: Any) -> str:
         "inputs": manifest["inputs"],
         "outputs": manifest["outputs"],
         "max_length": manifest["max_length"],
+        "dtype": manifest["dtype"],
+        "device": manifest["device"],
         "max_batch": MAX_BATCH,
         "torch": torch.__version__,
         "torchship": __version__,
@@ -411,16 +442,20 @@ def validate_artifact(
     for fmt in predictor.backends:
         recorded = predictor.manifest["formats"][fmt][0].get("parity") or {}
         tolerance = atol or float(recorded.get("atol", 1e-4))
-        reports[fmt] = validate.check(predictor, eager_fn(wrapper), batch=batch, atol=tolerance, format=fmt)
+        measured = (predictor.manifest.get("precision") or {}).get("tolerance") or {}
+        reports[fmt] = validate.check(
+            predictor, eager_fn(wrapper), batch=batch, atol=tolerance, format=fmt, tolerance=measured
+        )
     return reports
 
 
 def eager_fn(wrapper: ExportWrapper) -> validate.EagerFn:
-    """The eager model as ``inputs by name -> outputs by name``, for parity checks."""
+    """The eager model as ``inputs by name -> outputs by name`` (on CPU), for parity checks."""
+    where = next(wrapper.parameters()).device
 
     def eager(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
-            outputs = wrapper(*(inputs[n] for n in wrapper.input_names))
-        return dict(zip(wrapper.output_names, outputs, strict=True))
+            outputs = wrapper(*(inputs[n].to(where) for n in wrapper.input_names))
+        return {name: out.cpu() for name, out in zip(wrapper.output_names, outputs, strict=True)}
 
     return eager

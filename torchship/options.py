@@ -18,7 +18,9 @@ TASKS = (
     "token-classification",
     "question-answering",
 )
-FORMATS = ("torchscript", "aoti", "onnx")
+FORMATS = ("torchscript", "aoti", "onnx", "neuron")
+ALL_FORMATS = ("torchscript", "aoti", "onnx")  # what "all" means: every format that runs on a plain CPU
+DTYPES = ("float32", "float16", "bfloat16")
 TRUNCATION = ("warn", "error")
 DEFAULT_SEQ_LENGTHS = (16, 32, 64, 128, 256)
 
@@ -62,10 +64,12 @@ class ExportOptions:
     overwrite: bool = False
     progress: bool = False
     cache_dir: Path | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.formats == ("all",):
-            object.__setattr__(self, "formats", FORMATS)
+            object.__setattr__(self, "formats", ALL_FORMATS)
         if self.task != "auto" and self.task not in TASKS:
             raise OptionsError(f"task {self.task!r} is not supported; choose one of: auto, {', '.join(TASKS)}")
         if not self.formats:
@@ -73,6 +77,13 @@ class ExportOptions:
         for fmt in self.formats:
             if fmt not in FORMATS:
                 raise OptionsError(f"format {fmt!r} is not supported; choose from: {', '.join(FORMATS)}, or all")
+        if self.dtype not in DTYPES:
+            raise OptionsError(f"dtype {self.dtype!r} is not supported; choose one of: {', '.join(DTYPES)}")
+        if "onnx" in self.formats and (self.dtype != "float32" or self.device != "cpu"):
+            raise OptionsError(
+                f"format 'onnx' is exported in float32 for CPU only (asked: {self.dtype} on {self.device}); "
+                "use torchscript or aoti for reduced precision and CUDA"
+            )
         if len(set(self.formats)) != len(self.formats):
             raise OptionsError(f"formats {list(self.formats)} repeats a format; list each once")
         if not self.seq_lengths:
@@ -106,10 +117,11 @@ class LoadOptions:
     ``workers`` micro-batches run at once (threads of Python; torch releases the GIL), each op on
     ``threads`` intra-op threads (process-wide ``torch.set_num_threads``; None leaves it as it is). On
     small encoders ``workers=2, threads=1`` uses two cores better than ``workers=1, threads=2``.
-    ``verify`` checks every file's sha256 first.
+    ``verify`` checks every file's sha256 first. ``device`` defaults to the one the artifact was exported for.
     """
 
     format: str | None = None
+    device: str | None = None
     truncation: str = "warn"
     batch_size: int = 64
     max_batch_tokens: int = 8192

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import artifact
+from . import artifact, device
 from .errors import ArtifactError, InputError, SequenceTooLongError, UnsupportedModelError
 from .flops import flops
 from .formats import MAX_BATCH, Backend, torchscript
@@ -95,6 +95,7 @@ class Predictor:
             )
         if options.threads is not None:
             torch.set_num_threads(options.threads)  # process-wide: torch has one intra-op pool
+        self.device = device.resolve(options.device or manifest.get("device") or "cpu")
         self.format = options.format
         names = [options.format] if options.format else available
         self.backends: dict[str, Backend] = {n: _load_backend(n, root, manifest, options) for n in names}
@@ -184,8 +185,9 @@ class Predictor:
         self, backend: Backend, padded: dict[str, torch.Tensor], lengths: list[int]
     ) -> dict[str, torch.Tensor]:
         length = padded["input_ids"].shape[1]  # (batch, length)
+        inputs = device.to_device(padded, self.device)
         with torch.inference_mode():
-            outputs = backend.run(length, tuple(padded[name] for name in self.input_names))
+            outputs = tuple(out.cpu() for out in backend.run(length, tuple(inputs[n] for n in self.input_names)))
         self.counters.record(lengths, length, self._cost)
         return dict(zip(self.output_names, outputs, strict=True))
 
@@ -384,8 +386,15 @@ class Predictor:
 def _load_backend(name: str, root: Path, manifest: artifact.Manifest, options: LoadOptions) -> Backend:
     entries = manifest["formats"][name]
     max_length = int(manifest["max_length"])
+    seqs = sorted(int(e["seq"]) for e in entries) if entries[0]["seq"] is not None else []
     if name == "torchscript":
-        return torchscript.load(root / entries[0]["file"], sorted(int(e["seq"]) for e in entries))
+        return torchscript.load(
+            root / entries[0]["file"], seqs, device.resolve(options.device or manifest.get("device", "cpu"))
+        )
+    if name == "neuron":
+        from .formats import neuron
+
+        return neuron.load(root, seqs)
     if name == "aoti":
         from .formats import aoti
 

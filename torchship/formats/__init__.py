@@ -15,7 +15,6 @@ import torch
 
 from ..errors import SequenceTooLongError
 
-FORMATS = ("torchscript", "aoti", "onnx")
 PAD_MULTIPLE = 8  # dynamic formats pad to a multiple of this
 MAX_BATCH = 1024  # dynamic formats' batch bound
 

@@ -42,12 +42,12 @@ def export(
     return list(seen)
 
 
-def load(path: Path, seqs: list[int]) -> Backend:
-    """Load ``path``; the backend runs bucket ``S`` through method ``seq_S``."""
+def load(path: Path, seqs: list[int], device: torch.device | None = None) -> Backend:
+    """Load ``path`` onto ``device``; the backend runs bucket ``S`` through method ``seq_S``."""
     with warnings.catch_warnings():
         # torch.jit is deprecated upstream; the artifact's whole point is to keep it loadable. Silence that one notice.
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=DeprecationWarning)
-        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        module = torch.jit.load(str(path), map_location=device or "cpu")  # type: ignore[no-untyped-call]
     module.eval()
     methods = {seq: getattr(module, method_name(seq)) for seq in seqs}
 

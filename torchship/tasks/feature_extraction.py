@@ -34,6 +34,9 @@ def postprocess(batch: Batch, *, pooling: dict[str, Any]) -> list[torch.Tensor]:
     if mode not in POOLING_MODES:
         raise ArtifactError(f"manifest pooling mode {mode!r} is unknown; export the artifact again", path=".")
     pooled = pool(
-        batch.outputs["last_hidden_state"], batch.attention_mask, mode=mode, normalize=bool(pooling.get("normalize"))
+        batch.outputs["last_hidden_state"].float(),
+        batch.attention_mask,
+        mode=mode,
+        normalize=bool(pooling.get("normalize")),
     )
     return list(pooled.float())

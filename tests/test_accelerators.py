@@ -1,0 +1,112 @@
+"""Reduced precision and devices: bfloat16 on CPU (tested here), CUDA (skipped without a GPU), Neuron errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import torchship
+from torchship.cli import main
+
+TEXTS = ["Jim Henson was a puppeteer", "Who was Jim Henson?", "the muppets were filmed in london"]
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bf16_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    options = torchship.ExportOptions(
+        formats=("torchscript", "aoti"), seq_lengths=(8, 32), dtype="bfloat16", cache_dir=tmp_path_factory.mktemp("c")
+    )
+    return torchship.export(tiny_bert_dir, tmp_path_factory.mktemp("bf16") / "art", options)
+
+
+def test_bfloat16_records_a_measured_tolerance_against_float32(bf16_tiny: Path) -> None:
+    m = _manifest(bf16_tiny)
+    assert m["dtype"] == "bfloat16"
+    assert m["device"] == "cpu"
+    precision = m["precision"]
+    assert precision["reference"] == "the eager model in float32 on cpu"
+    tolerance = precision["tolerance"]
+    assert set(tolerance) == {"last_hidden_state", "pooler_output"}
+    assert all(1e-4 < v < 0.5 for v in tolerance.values()), tolerance  # bf16 has ~3 significant digits
+    for fmt in ("torchscript", "aoti"):
+        for entry in m["formats"][fmt]:
+            assert entry["parity"]["passed"] is True
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
+def test_bfloat16_runs_on_cpu_within_its_tolerance(bf16_tiny: Path, tiny_bert_dir: Path, fmt: str) -> None:
+    from transformers import AutoModel
+
+    predictor = torchship.load(bf16_tiny, format=fmt)
+    ids = torch.randint(1000, 5000, (3, 19))
+    got = predictor.run(ids)
+    assert got["last_hidden_state"].dtype == torch.bfloat16
+    with torch.inference_mode():
+        want = AutoModel.from_pretrained(tiny_bert_dir).eval()(input_ids=ids)
+    tolerance = _manifest(bf16_tiny)["precision"]["tolerance"]
+    for name in ("last_hidden_state", "pooler_output"):
+        diff = (got[name].float() - want[name]).abs().max().item()
+        assert diff <= 1e-4 + 1.5 * tolerance[name]
+
+
+def test_bfloat16_minilm_embeddings_stay_close_to_float32(demo_artifact: Path, tmp_path: Path) -> None:
+    options = torchship.ExportOptions(seq_lengths=(16, 32), dtype="bfloat16")
+    bf16 = torchship.load(torchship.export("demo", tmp_path / "bf16", options))(TEXTS)
+    fp32 = torchship.load(demo_artifact)(TEXTS)
+    assert bf16.dtype == np.float32
+    cosine = (bf16 * fp32).sum(1)  # both are L2-normalized
+    assert cosine.max() <= 1 + 1e-5  # pooled and normalized in float32
+    assert cosine.min() > 0.995, cosine  # measured: 0.997-0.999 on these texts
+
+
+def test_onnx_refuses_reduced_precision() -> None:
+    with pytest.raises(torchship.OptionsError, match="'onnx' is exported in float32 for CPU only"):
+        torchship.ExportOptions(formats=("onnx",), dtype="bfloat16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_fails_before_writing(tiny_bert_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cuda"
+    assert main(["export", str(tiny_bert_dir), str(out), "--device", "cuda"]) == 1
+    assert "no CUDA device is visible" in capsys.readouterr().err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_cuda_export_and_run(tiny_bert_dir: Path, tmp_path: Path, dtype: str) -> None:
+    options = torchship.ExportOptions(seq_lengths=(8, 32), device="cuda", dtype=dtype)
+    art = torchship.export(tiny_bert_dir, tmp_path / dtype, options)
+    m = _manifest(art)
+    assert m["device"] == "cuda"
+    assert all(e["parity"]["passed"] for e in m["formats"]["torchscript"])
+    predictor = torchship.load(art)
+    assert predictor.device.type == "cuda"
+    assert predictor(TEXTS).shape == (3, 32)
+
+
+def test_neuron_without_the_sdk_fails_before_writing(tiny_bert_dir: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("torch", reason="always present")
+    try:
+        import torch_neuronx  # noqa: F401
+
+        pytest.skip("a Neuron SDK is installed here; this test checks the error without one")
+    except ImportError:
+        pass
+    out = tmp_path / "neuron"
+    assert main(["export", str(tiny_bert_dir), str(out), "--format", "neuron"]) == 1
+    err = capsys.readouterr().err
+    assert "torch-neuronx" in err
+    assert "Inf2, Trn1 and Trn2" in err
+    assert "torch-neuron" in err
+    assert "Inf1" in err
+    assert list(tmp_path.iterdir()) == []

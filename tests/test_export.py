@@ -124,7 +124,7 @@ def test_parity_failure_names_every_output_and_leaves_nothing(tiny_bert_dir: Pat
         torchship.export(tiny_bert_dir, out, torchship.ExportOptions(seq_lengths=(8, 16), atol=1e-15))
     message = str(info.value)
     assert "last_hidden_state: max diff" in message
-    assert "> atol 1e-15" in message
+    assert "> allowed 1e-15 (atol 1e-15)" in message
     assert set(info.value.failures) <= {f"seq {s}/{n}" for s in (8, 16) for n in ("last_hidden_state", "pooler_output")}
     assert info.value.failures
     assert not out.exists()

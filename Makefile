@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test cpp clean
+.PHONY: demo test cpp bench-report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ cpp: | $(PY)
 		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
 	cmake --build build/cpp -j2
 	@echo "built build/cpp/torchship-run"
+
+# Regenerates docs/bench (report.json, report.md, plots) that the README shows.
+bench-report: $(VENV)/.test-installed
+	$(VENV)/bin/torchship export demo artifacts/minilm-all --format all --overwrite
+	$(VENV)/bin/torchship bench artifacts/minilm-all --texts ../shared/data/texts-public.jsonl \
+		--shapes 1x16,1x128,8x128 --compare eager,onnxruntime --threads 2 --output docs/bench
 
 clean:
 	rm -rf artifacts build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -85,6 +85,15 @@ def tiny_mlm_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_mlm_dir: Pa
     return torchship.export(tiny_mlm_dir, out, torchship.ExportOptions(seq_lengths=(16, 32)))
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for servers started as subprocesses)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def copy_artifact(src: Path, dst: Path) -> Path:
     import shutil
 

@@ -39,10 +39,10 @@ def test_manifest_records_every_format_with_parity_and_timings(all_formats: Path
         assert max(entry["parity"]["max_abs_diff"].values()) <= 1e-4
         assert [b for b, _ in entry["parity"]["validated_shapes"]] == [3, 3]
     timings = m["timings"]
-    assert timings["batch"] == [1, 8]
+    assert timings["batch"] == [1, 8, 32]
     assert timings["seq"] == [8, 32]
     for fmt in ("torchscript", "aoti", "onnx"):
-        assert set(timings["median_ms"][fmt]) == {"1x8", "1x32", "8x8", "8x32"}
+        assert set(timings["median_ms"][fmt]) == {"1x8", "1x32", "8x8", "8x32", "32x8", "32x32"}
         assert all(ms > 0 for ms in timings["median_ms"][fmt].values())
     assert set(m["export"]["format_seconds"]) == {"torchscript", "aoti", "onnx"}
     assert "onnx_fusion" in m["export"]["notes"]
@@ -73,8 +73,8 @@ def test_auto_format_picks_the_fastest_recorded(all_formats: Path) -> None:
     predictor = torchship.load(all_formats)
     assert set(predictor.backends) == {"torchscript", "aoti", "onnx"}
     medians = _manifest(all_formats)["timings"]["median_ms"]
-    for batch, seq in [(1, 5), (1, 30), (8, 8), (16, 32)]:
-        grid = f"{1 if batch < 3 else 8}x{8 if seq <= 8 else 32}"
+    for batch, seq in [(1, 5), (1, 30), (8, 8), (12, 32), (64, 8)]:
+        grid = f"{1 if batch < 3 else 8 if batch < 16 else 32}x{8 if seq <= 8 else 32}"
         fastest = min(medians, key=lambda f: medians[f][grid])
         assert predictor.select(batch, seq).name == fastest
     texts = ["hello world", "a somewhat longer sentence about muppets and puppets", "x"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 import torchship
-from tests.conftest import corpus_texts
+from tests.conftest import corpus_texts, free_port
 from torchship.cli import main
 from torchship.embed import EmbedOptions, embed_file
 
@@ -113,19 +112,13 @@ def test_txt_and_parquet_inputs(demo_artifact: Path, tmp_path: Path) -> None:
     assert _read(tmp_path / "b.parquet").column("id").to_pylist() == ["x", "y"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_serve_deployment_answers_embeddings(local_ray: None, demo_artifact: Path) -> None:
     from ray import serve
 
     from torchship.options import ServeOptions
     from torchship.serve import ray_serve
 
-    port = _free_port()
+    port = free_port()
     options = ServeOptions(port=port)
     try:
         ray_serve.run(str(demo_artifact), options, replicas=2, address=None, blocking=False)

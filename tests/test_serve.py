@@ -6,7 +6,6 @@ import base64
 import concurrent.futures
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 import torchship
+from tests.conftest import free_port
 from torchship.options import ServeOptions
 from torchship.serve.app import create_app
 
@@ -200,14 +200,8 @@ def test_predict_is_task_native(tiny_mlm_artifact: Path) -> None:
         assert r.status_code == 422
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(demo_artifact: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -157,6 +159,7 @@ def _contenders(predictor: Predictor, options: BenchOptions, notes: list[str], w
         notes.append("baselines skipped: transformers is not installed")
         return contenders
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     from .registry import TASK_AUTO_CLASS
 
     auto = getattr(transformers, TASK_AUTO_CLASS[predictor.task])
@@ -188,7 +191,17 @@ def run_bench(artifact: str | Path, options: BenchOptions) -> dict[str, Any]:
     out = options.output
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    contenders = _contenders(predictor, options, notes, out)
+    scratch = Path(tempfile.mkdtemp(prefix="torchship-bench-"))  # the baseline's plain ONNX export lives here
+    try:
+        contenders = _contenders(predictor, options, notes, scratch)
+        return _measure(predictor, options, contenders, notes, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _measure(
+    predictor: Predictor, options: BenchOptions, contenders: dict[str, RunFn], notes: list[str], out: Path
+) -> dict[str, Any]:
     config = json.loads((predictor.root / "config.json").read_text())
     pooler = "pooler_output" in predictor.output_names
     peak = gemm_peak(device=predictor.device, dtype=DTYPES[predictor.manifest.get("dtype", "float32")])

@@ -13,7 +13,7 @@ import torch
 
 from .runtime import Predictor
 
-GRID_BATCHES = (1, 8)
+GRID_BATCHES = (1, 8, 32)
 
 
 def time_formats(

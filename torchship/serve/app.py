@@ -100,7 +100,8 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         if not hmac.compare_digest(token.encode(), options.api_key.encode()):
             raise HTTPError(401, "missing or wrong API key; send 'Authorization: Bearer KEY'", "unauthorized")
 
-    async def run_items(texts: list[TextInput], parameters: dict[str, Any]) -> list[Any]:
+    async def run_items(texts: list[TextInput], parameters: dict[str, Any]) -> tuple[list[Any], int]:
+        """Check, tokenize and queue ``texts``; return their results in order and their token count."""
         if len(texts) > options.max_input_items:
             raise HTTPError(
                 413, f"{len(texts)} inputs exceed max_input_items {options.max_input_items}; split the request",
@@ -133,7 +134,8 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         except QueueFullError as e:
             raise HTTPError(503, str(e), "queue_full", {"Retry-After": "1"}) from e
         try:
-            return list(await asyncio.gather(*(item.future for item in items)))
+            results = list(await asyncio.gather(*(item.future for item in items)))
+            return results, int(encoded.lengths.sum())
         except InputError as e:
             raise HTTPError(422, str(e), "invalid_request") from e
         finally:
@@ -149,8 +151,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         texts: list[TextInput] = [body.input] if isinstance(body.input, str) else list(body.input)
         if not texts:
             raise HTTPError(422, "input is empty; pass a string or a non-empty list of strings", "invalid_request")
-        vectors = await run_items(texts, {})
-        tokens = int(sum(len(ids) for ids in predictor.encoder.encode(check_texts(texts)).ids))
+        vectors, tokens = await run_items(texts, {})
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)
@@ -180,7 +181,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
             raise HTTPError(422, f"{predictor.task} needs 'inputs': a text or a list of texts", "invalid_request")
         single = isinstance(body.inputs, str)
         texts: list[TextInput] = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        results = await run_items(texts, body.parameters)
+        results, _ = await run_items(texts, body.parameters)
         if predictor.task == "feature-extraction":
             results = [np.asarray(r).tolist() for r in results]
         return {"task": predictor.task, "outputs": results[0] if single else results}

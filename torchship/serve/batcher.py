@@ -12,7 +12,7 @@ import asyncio
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TorchshipError
@@ -32,7 +32,6 @@ class Item:
     options: tuple[tuple[str, Any], ...]  # post-processing keyword arguments, hashable
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
-    enqueued: float = field(default_factory=time.monotonic)
 
 
 class Batcher:
@@ -69,7 +68,7 @@ class Batcher:
         self._queue.put(None)
         self._thread.join()
 
-    def _take(self, item: Item) -> None:
+    def _took_one(self) -> None:
         with self._lock:
             self._waiting -= 1
             self.metrics.queue_depth.set(self._waiting)
@@ -80,7 +79,7 @@ class Batcher:
             first = self._queue.get()
             if first is None:
                 return
-            self._take(first)
+            self._took_one()
             batch = [first]
             tokens = self.predictor.bucket_for(len(first.encoded.ids[0]))
             deadline = time.monotonic() + self.max_wait
@@ -92,7 +91,7 @@ class Batcher:
                 if item is None:
                     stopping = True
                     break
-                self._take(item)
+                self._took_one()
                 batch.append(item)
                 tokens += self.predictor.bucket_for(len(item.encoded.ids[0]))
             self._run(batch)

@@ -74,3 +74,18 @@ def test_validate_fails_on_a_different_model(tiny_bert_artifact: Path, tmp_path:
     captured = capsys.readouterr()
     assert "FAIL" in captured.out
     assert "exported outputs differ from the eager model" in captured.err
+
+
+def test_predict_many_texts_shows_progress_and_keeps_order(tiny_bert_artifact: Path, tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    import torchship
+
+    texts = [f"text number {i} " + "word " * (i % 17) for i in range(300)]
+    source = tmp_path / "many.txt"
+    source.write_text("\n".join(texts) + "\n")
+    assert main(["predict", str(tiny_bert_artifact), "--file", str(source), "--json"]) == 0
+    captured = capsys.readouterr()
+    got = np.asarray(json.loads(captured.out)["embeddings"], dtype=np.float32)
+    np.testing.assert_allclose(got, torchship.load(tiny_bert_artifact)(texts), atol=1e-6)
+    assert "predict" in captured.err  # the progress bar, on stderr

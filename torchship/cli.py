@@ -176,13 +176,24 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
     from . import load
 
     texts = _read_texts(args)
     predictor = load(args.artifact, truncation=args.truncation)
     kwargs: dict[str, Any] = {} if args.top_k is None else {"top_k": args.top_k}
-    results = predictor(texts, **kwargs)
+    if not texts:
+        predictor(texts)  # raises the InputError that names the problem
+    chunk = 256  # a progress bar over chunks; each chunk is still sorted into buckets inside
+    starts = range(0, len(texts), chunk)
+    parts = [
+        predictor(texts[i : i + chunk], **kwargs)
+        for i in tqdm(starts, desc="predict", unit="chunk", disable=len(starts) < 2, file=sys.stderr)
+    ]
     if predictor.task == "feature-extraction":
+        results = np.concatenate(parts)
         rows: list[Any] = results.tolist()
         if args.json:
             print(json.dumps({"embeddings": rows, "dim": results.shape[1]}))
@@ -191,7 +202,8 @@ def _predict(args: argparse.Namespace) -> int:
                 head = ", ".join(f"{x:+.4f}" for x in row[:6])
                 print(f"{text[:50]!r:54} [{head}, ...] dim={len(row)}")
         return 0
-    print(json.dumps(results, indent=None if args.json else 2))
+    outputs = [r for part in parts for r in part]
+    print(json.dumps(outputs, indent=None if args.json else 2))
     return 0
 
 

@@ -95,7 +95,6 @@ def test_cuda_export_and_run(tiny_bert_dir: Path, tmp_path: Path, dtype: str) ->
 
 
 def test_neuron_without_the_sdk_fails_before_writing(tiny_bert_dir: Path, tmp_path: Path, capsys) -> None:
-    pytest.importorskip("torch", reason="always present")
     try:
         import torch_neuronx  # noqa: F401
 

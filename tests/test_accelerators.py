@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,29 @@ def test_neuron_without_the_sdk_fails_before_writing(tiny_bert_dir: Path, tmp_pa
     assert "torch-neuron" in err
     assert "Inf1" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_float16_on_cpu_warns_and_still_holds_its_measured_tolerance(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    options = torchship.ExportOptions(seq_lengths=(8,), dtype="float16")
+    with pytest.warns(UserWarning, match="float16 on cpu.*use bfloat16"):
+        art = torchship.export(tiny_bert_dir, tmp_path / "fp16", options)
+    m = _manifest(art)
+    assert m["dtype"] == "float16"
+    tolerance = m["precision"]["tolerance"]
+    assert all(0 < v < 0.05 for v in tolerance.values()), tolerance  # 10-bit mantissa: finer than bfloat16
+    assert all(e["parity"]["passed"] for e in m["formats"]["torchscript"])
+    assert torchship.load(art).run(torch.randint(1000, 5000, (2, 8)))["last_hidden_state"].dtype == torch.float16
+
+
+def test_gemm_peak_is_the_faster_of_mm_and_linear_in_each_dtype() -> None:
+    from torchship.bench import gemm_peak
+
+    for dtype in (torch.float32, torch.float16):
+        n = 256
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.nn.functional.linear(a, b)
+        t0 = time.perf_counter()
+        torch.nn.functional.linear(a, b)
+        linear_rate = 2 * n**3 / (time.perf_counter() - t0)
+        # best of several runs of both ops: at least the rate of one linear call, up to timing noise
+        assert gemm_peak(n=n, repeats=3, dtype=dtype) > 0.5 * linear_rate

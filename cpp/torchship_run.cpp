@@ -1,8 +1,9 @@
 // torchship-run: run a torchship artifact from C++ (libtorch), no Python.
 //
-//   torchship-run ARTIFACT [--format torchscript|aoti] < inputs.jsonl > outputs.jsonl
+//   torchship-run ARTIFACT [--format torchscript|aoti] [--no-verify] < inputs.jsonl > outputs.jsonl
 //
-// Reads manifest.json, loads model.pt with torch::jit::load (one method per bucket) or model.pt2 with
+// Reads manifest.json, checks every file it lists against its sha256 (as the Python runtime does; --no-verify
+// skips this), loads model.pt with torch::jit::load (one method per bucket) or model.pt2 with
 // torch::inductor::AOTIModelPackageLoader, then for every JSON line of token ids on stdin,
 //   {"input_ids": [...], "attention_mask": [...], "token_type_ids": [...]}
 // pads to the right length (the smallest bucket, or a multiple of 8 for .pt2), runs the model, and writes one
@@ -15,6 +16,9 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -60,6 +64,113 @@ Artifact read_artifact(const std::string& root) {
   a.max_length = a.manifest.at("max_length").get<int64_t>();
   a.pad_token_id = a.manifest.at("tokenizer").at("pad_token_id").get<int64_t>();
   return a;
+}
+
+// SHA-256 (FIPS 180-4), so that checking an artifact needs no library beyond libtorch.
+class Sha256 {
+ public:
+  void update(const unsigned char* data, size_t size) {
+    length_ += size;
+    while (size > 0) {
+      const size_t take = std::min(size, block_.size() - used_);
+      std::copy(data, data + take, block_.begin() + used_);
+      used_ += take;
+      data += take;
+      size -= take;
+      if (used_ == block_.size()) {
+        compress(block_.data());
+        used_ = 0;
+      }
+    }
+  }
+  std::string hexdigest() {
+    const uint64_t bits = length_ * 8;
+    const unsigned char one = 0x80, zero = 0;
+    update(&one, 1);
+    while (used_ != 56) update(&zero, 1);
+    unsigned char tail[8];
+    for (int i = 0; i < 8; ++i) tail[i] = static_cast<unsigned char>(bits >> (56 - 8 * i));
+    update(tail, 8);
+    std::string hex;
+    char buf[9];
+    for (uint32_t word : state_) {
+      std::snprintf(buf, sizeof buf, "%08x", word);
+      hex += buf;
+    }
+    return hex;
+  }
+
+ private:
+  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+  void compress(const unsigned char* p) {
+    static constexpr std::array<uint32_t, 64> k = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+    std::array<uint32_t, 64> w{};
+    for (int i = 0; i < 16; ++i)
+      w[i] = uint32_t(p[4 * i]) << 24 | uint32_t(p[4 * i + 1]) << 16 | uint32_t(p[4 * i + 2]) << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; ++i) {
+      const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    auto [a, b, c, d, e, f, g, h] = state_;
+    for (int i = 0; i < 64; ++i) {
+      const uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      h = g;
+      g = f;
+      f = e;
+      e = d + t1;
+      d = c;
+      c = b;
+      b = a;
+      a = t1 + t2;
+    }
+    const std::array<uint32_t, 8> add = {a, b, c, d, e, f, g, h};
+    for (int i = 0; i < 8; ++i) state_[i] += add[i];
+  }
+
+  std::array<uint32_t, 8> state_ = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  std::array<unsigned char, 64> block_{};
+  size_t used_ = 0;
+  uint64_t length_ = 0;
+};
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw std::runtime_error("cannot read " + path);
+  Sha256 hash;
+  std::vector<char> buffer(1 << 20);
+  while (file) {
+    file.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    hash.update(reinterpret_cast<const unsigned char*>(buffer.data()), static_cast<size_t>(file.gcount()));
+  }
+  return hash.hexdigest();
+}
+
+// Every file the manifest lists must exist and match its sha256, as torchship.load checks.
+void verify(const Artifact& a) {
+  if (!a.manifest.contains("files") || a.manifest.at("files").empty())
+    throw std::runtime_error(a.root + "/manifest.json lists no files; export the artifact again");
+  for (const auto& [rel, expected] : a.manifest.at("files").items()) {
+    const std::string path = a.root + "/" + rel;
+    if (!std::ifstream(path))
+      throw std::runtime_error("artifact file " + rel + " is missing from " + a.root +
+                               "; the artifact is incomplete, export it again");
+    const std::string actual = sha256_file(path);
+    if (actual != expected.get<std::string>())
+      throw std::runtime_error("artifact file " + rel + " in " + a.root + " has sha256 " + actual.substr(0, 12) +
+                               "..., the manifest says " + expected.get<std::string>().substr(0, 12) +
+                               "...: the file was modified or corrupted; export the artifact again");
+  }
 }
 
 // A loaded format: the length it pads to, and how it runs.
@@ -181,13 +292,20 @@ json run_line(const Artifact& a, Backend& backend, const json& line) {
 
 int main(int argc, char** argv) {
   std::string root, format = "torchscript";
+  bool check = true;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--format" && i + 1 < argc) {
       format = argv[++i];
+    } else if (arg == "--no-verify") {
+      check = false;
     } else if (arg == "-h" || arg == "--help") {
-      std::cout << "usage: torchship-run ARTIFACT [--format torchscript|aoti] < ids.jsonl > outputs.jsonl\n";
+      std::cout << "usage: torchship-run ARTIFACT [--format torchscript|aoti] [--no-verify] < ids.jsonl > outputs.jsonl\n";
       return 0;
+    } else if (arg.rfind("-", 0) == 0 || !root.empty()) {
+      std::cerr << "torchship-run: error: unexpected argument '" << arg
+                << "'; usage: torchship-run ARTIFACT [--format torchscript|aoti] [--no-verify]\n";
+      return 1;
     } else {
       root = arg;
     }
@@ -200,6 +318,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<Backend> backend;
   try {
     artifact = read_artifact(root);
+    if (check) verify(artifact);
     if (!artifact.manifest.at("formats").contains(format))
       throw std::runtime_error("artifact has no '" + format + "' format; export it with --format " + format);
     if (format == "torchscript") {

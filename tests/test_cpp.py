@@ -88,3 +88,37 @@ def test_cpp_bad_input_is_a_clear_error(binary: Path, both_formats: Path) -> Non
     r = run("", str(both_formats), "--format", "onnx")
     assert r.returncode == 1
     assert "has no 'onnx' format" in r.stderr
+
+
+def test_cpp_checks_every_file_against_its_sha256(binary: Path, both_formats: Path, tmp_path: Path, capsys) -> None:
+    lines = _token_lines(both_formats, capsys)
+    art = tmp_path / "art"
+    shutil.copytree(both_formats, art)
+    ok = subprocess.run([str(binary), str(art)], input=lines, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr  # the C++ SHA-256 agrees with hashlib on every file
+
+    weights = art / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the TorchScript archive
+    weights.write_bytes(bytes(data))
+    bad = subprocess.run([str(binary), str(art)], input=lines, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1
+    assert "artifact file model.pt" in bad.stderr
+    assert "the file was modified or corrupted; export the artifact again" in bad.stderr
+    assert bad.stdout == ""
+
+    # --no-verify skips the check: the corrupted archive still loads, which is why the check is on by default
+    unchecked = subprocess.run([str(binary), str(art), "--no-verify"], input="", capture_output=True, text=True)
+    assert unchecked.returncode == 0, unchecked.stderr
+
+    shutil.copy2(both_formats / "model.pt", weights)
+    (art / "model.pt2").unlink()
+    missing = subprocess.run([str(binary), str(art), "--format", "aoti"], input="", capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert "artifact file model.pt2 is missing" in missing.stderr
+
+
+def test_cpp_rejects_unknown_arguments(binary: Path, both_formats: Path) -> None:
+    r = subprocess.run([str(binary), str(both_formats), "--fromat", "aoti"], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "unexpected argument '--fromat'" in r.stderr

@@ -41,8 +41,19 @@ def _read(path: Path):
     return pq.read_table(path)
 
 
+def _over_long(artifact: Path, texts: list[str]) -> list[bool]:
+    """Which texts exceed the artifact's longest bucket, by the artifact's own tokenizer (no truncation)."""
+    from tokenizers import Tokenizer
+
+    predictor = torchship.load(artifact)
+    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer" / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return [len(e.ids) > predictor.max_length for e in tokenizer.encode_batch(texts)]
+
+
 def test_embed_in_process_keeps_ids_order_and_fixed_size_float32(
-    demo_artifact: Path, corpus_file: Path, tmp_path: Path
+    demo_artifact: Path, corpus_file: Path, tmp_path: Path, capsys
 ) -> None:
     import pyarrow as pa
 
@@ -51,13 +62,19 @@ def test_embed_in_process_keeps_ids_order_and_fixed_size_float32(
         main(["embed", str(demo_artifact), "--input", str(corpus_file), "--output", str(out), "--batch-size", "64"])
         == 0
     )
+    texts = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
+    over = _over_long(demo_artifact, texts)
+    assert 0 < sum(over) < len(texts)  # the corpus has texts over 256 tokens
+    assert f"150 of 150 rows embedded (dim 384), 0 skipped, {sum(over)} truncated to 256 tokens" in (
+        capsys.readouterr().out
+    )
     table = _read(out)
-    assert table.column_names == ["id", "row", "embedding", "error"]
+    assert table.column_names == ["id", "row", "embedding", "truncated", "error"]
+    assert table.column("truncated").to_pylist() == over
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)
     assert table.column("id").to_pylist() == [f"doc-{i}" for i in range(150)]
     vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
-    texts = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
-    with pytest.warns(UserWarning, match="truncated"):  # the corpus has texts over 256 tokens
+    with pytest.warns(UserWarning, match="truncated"):
         want = torchship.load(demo_artifact)(texts)
     np.testing.assert_allclose(vectors, want, atol=1e-6)
 
@@ -68,9 +85,19 @@ def test_embed_on_ray_equals_in_process(
     local, remote = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     embed_file(demo_artifact, corpus_file, local, EmbedOptions(batch_size=32))
     summary = embed_file(demo_artifact, corpus_file, remote, EmbedOptions(batch_size=32, ray=True, actors=2))
-    assert summary == {"rows": 150, "embedded": 150, "skipped": 0, "dim": 384}
+    texts = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
+    over = _over_long(demo_artifact, texts)
+    assert summary == {
+        "rows": 150,
+        "embedded": 150,
+        "skipped": 0,
+        "truncated": sum(over),
+        "max_length": 256,
+        "dim": 384,
+    }
     a, b = _read(local), _read(remote)
     assert a.column("id").to_pylist() == b.column("id").to_pylist()
+    assert a.column("truncated").to_pylist() == b.column("truncated").to_pylist() == over
     np.testing.assert_allclose(
         np.array(b.column("embedding").to_pylist()), np.array(a.column("embedding").to_pylist()), atol=1e-6
     )

@@ -268,7 +268,7 @@ def _embed(args: argparse.Namespace) -> int:
     summary = embed_file(args.artifact, args.input, args.output, options)
     print(
         f"wrote {args.output}: {summary['embedded']} of {summary['rows']} rows embedded (dim {summary['dim']}), "
-        f"{summary['skipped']} skipped"
+        f"{summary['skipped']} skipped, {summary['truncated']} truncated to {summary['max_length']} tokens"
     )
     return 0
 

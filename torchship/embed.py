@@ -1,9 +1,10 @@
 """``torchship embed``: embed a corpus file into Parquet, in-process or on Ray Data.
 
 Rows come from ``.jsonl`` (one object per line), ``.parquet`` or ``.txt`` (one text per line, id = line
-number). The output keeps each row's id and the input order, and stores each embedding as a fixed-size
-float32 list. A bad row (missing field, non-string) stops the run with its row named, or, with
-``on_error="skip"``, is kept in the output with a null embedding and the reason in ``error``.
+number). The output keeps each row's id and the input order, stores each embedding as a fixed-size
+float32 list, and marks in ``truncated`` the rows whose text was cut to the artifact's longest bucket.
+A bad row (missing field, non-string) stops the run with its row named, or, with ``on_error="skip"``,
+is kept in the output with a null embedding and the reason in ``error``.
 """
 
 from __future__ import annotations
@@ -114,14 +115,32 @@ def embed_file(artifact: str | Path, input_path: Path, output_path: Path, option
     rows = read_rows(input_path, options)
     good = [r for r in rows if r.text is not None]
     texts = [r.text for r in good if r.text is not None]
-    vectors = _embed_ray(artifact, texts, options) if options.ray else _embed_local(artifact, texts, options)
+    embed = _embed_ray if options.ray else _embed_local
+    vectors, truncated, max_length = embed(artifact, texts, options)
     dim = vectors.shape[1] if len(vectors) else 0
     by_row = {r.row: v for r, v in zip(good, vectors, strict=True)}
-    _write(output_path, rows, by_row, dim)
-    return {"rows": len(rows), "embedded": len(good), "skipped": len(rows) - len(good), "dim": dim}
+    cut = {r.row for r, t in zip(good, truncated, strict=True) if t}
+    _write(output_path, rows, by_row, cut, dim)
+    return {
+        "rows": len(rows),
+        "embedded": len(good),
+        "skipped": len(rows) - len(good),
+        "truncated": len(cut),
+        "max_length": max_length,
+        "dim": dim,
+    }
 
 
-def _embed_local(artifact: str | Path, texts: list[str], options: EmbedOptions) -> np.ndarray:
+def _embed_batch(predictor: Any, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+    """Embeddings and per-text truncation flags; truncation is counted, so its warning is not repeated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        encoded = predictor.encode(texts)
+    vectors = predictor.predict_encoded(texts, encoded)
+    return np.stack(vectors), list(encoded.truncated)
+
+
+def _embed_local(artifact: str | Path, texts: list[str], options: EmbedOptions) -> tuple[np.ndarray, list[bool], int]:
     from tqdm import tqdm
 
     from .runtime import load
@@ -129,12 +148,13 @@ def _embed_local(artifact: str | Path, texts: list[str], options: EmbedOptions) 
     predictor = load(artifact)
     if predictor.task != "feature-extraction":
         raise OptionsError(f"torchship embed needs a feature-extraction artifact; this one is {predictor.task}")
-    out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # truncation of over-long texts, as in every path
-        for start in tqdm(range(0, len(texts), options.batch_size), disable=not options.progress, unit="batch"):
-            out.append(predictor(texts[start : start + options.batch_size]))
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    out, truncated = [], []
+    for start in tqdm(range(0, len(texts), options.batch_size), disable=not options.progress, unit="batch"):
+        vectors, cut = _embed_batch(predictor, texts[start : start + options.batch_size])
+        out.append(vectors)
+        truncated += cut
+    vectors = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    return vectors, truncated, predictor.max_length
 
 
 class _EmbedActor:
@@ -146,13 +166,11 @@ class _EmbedActor:
         self.predictor = load(artifact, threads=1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            vectors = self.predictor([str(t) for t in batch["text"]])
-        return {"row": batch["row"], "embedding": vectors}
+        vectors, truncated = _embed_batch(self.predictor, [str(t) for t in batch["text"]])
+        return {"row": batch["row"], "embedding": vectors, "truncated": np.asarray(truncated, dtype=bool)}
 
 
-def _embed_ray(artifact: str | Path, texts: list[str], options: EmbedOptions) -> np.ndarray:
+def _embed_ray(artifact: str | Path, texts: list[str], options: EmbedOptions) -> tuple[np.ndarray, list[bool], int]:
     try:
         import ray
         import ray.data
@@ -160,8 +178,9 @@ def _embed_ray(artifact: str | Path, texts: list[str], options: EmbedOptions) ->
         raise OptionsError(f"--ray needs Ray Data: {INSTALL_RAY}") from e
     from .runtime import load
 
-    if load(artifact).task != "feature-extraction":
-        raise OptionsError("torchship embed needs a feature-extraction artifact")
+    predictor = load(artifact)
+    if predictor.task != "feature-extraction":
+        raise OptionsError(f"torchship embed needs a feature-extraction artifact; this one is {predictor.task}")
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False)
@@ -179,18 +198,20 @@ def _embed_ray(artifact: str | Path, texts: list[str], options: EmbedOptions) ->
             num_cpus=1,
         )
         out = np.zeros((len(texts), 0), dtype=np.float32)
+        truncated = np.zeros(len(texts), dtype=bool)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             vectors = np.stack(list(batch["embedding"])).astype(np.float32)
             if out.shape[1] == 0:
                 out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
             out[batch["row"]] = vectors  # placed by row index: the order is kept whatever Ray does
-        return out
+            truncated[batch["row"]] = batch["truncated"]
+        return out, truncated.tolist(), predictor.max_length
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _write(path: Path, rows: list[Row], vectors: dict[int, np.ndarray], dim: int) -> None:
+def _write(path: Path, rows: list[Row], vectors: dict[int, np.ndarray], truncated: set[int], dim: int) -> None:
     import pyarrow as pa
 
     pq = _pyarrow_parquet()
@@ -207,6 +228,7 @@ def _write(path: Path, rows: list[Row], vectors: dict[int, np.ndarray], dim: int
         "id": pa.array(ids) if len({type(i) for i in ids}) == 1 else pa.array([str(i) for i in ids]),
         "row": pa.array([r.row for r in rows], type=pa.int64()),
         "embedding": embeddings,
+        "truncated": pa.array([r.row in truncated for r in rows], type=pa.bool_()),
         "error": pa.array([r.error for r in rows], type=pa.string()),
     })  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -138,3 +138,23 @@ except torchship.OptionsError as e:
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'torchship[onnx]'" in out
+
+
+def test_calibrate_retimes_the_formats_here_and_routes_by_that(all_formats: Path) -> None:
+    recorded = _manifest(all_formats)["timings"]
+    predictor = torchship.load(all_formats, calibrate=True)
+    timings = predictor.timings
+    assert timings["source"] == "calibrated"
+    assert (timings["batch"], timings["seq"]) == (recorded["batch"], recorded["seq"])
+    assert timings["threads"] == torch.get_num_threads()
+    medians = timings["median_ms"]
+    assert set(medians) == {"torchscript", "aoti", "onnx"}
+    assert all(set(m) == set(recorded["median_ms"]["onnx"]) and min(m.values()) > 0 for m in medians.values())
+    assert medians != recorded["median_ms"]  # measured now, not copied from the manifest
+    for batch, seq in [(1, 5), (8, 32), (40, 8)]:
+        grid = f"{1 if batch < 3 else 8 if batch < 16 else 32}x{8 if seq <= 8 else 32}"
+        assert predictor.select(batch, seq).name == min(medians, key=lambda f: medians[f][grid])
+    assert predictor.counters.padded_tokens == 0  # timing runs are not counted as work
+    assert _manifest(all_formats)["timings"] == recorded  # the artifact is not touched
+    single = torchship.load(all_formats, format="onnx", calibrate=True)
+    assert single.timings == recorded  # one format: nothing to choose, nothing timed

@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of refusing them")
     p.add_argument("--workers", type=int, default=1, help="micro-batches run concurrently")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    p.add_argument("--calibrate", action="store_true", help="re-time the artifact's formats here before serving")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="deploy on Ray Serve (join ADDRESS, or start a local Ray)")  # fmt: skip
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
@@ -290,6 +291,7 @@ def _serve(args: argparse.Namespace) -> int:
         truncate=args.truncate,
         workers=args.workers,
         threads=args.threads,
+        calibrate=args.calibrate,
     )
     if args.ray is not None:
         from .serve import ray_serve

@@ -118,6 +118,9 @@ class LoadOptions:
     ``threads`` intra-op threads (process-wide ``torch.set_num_threads``; None leaves it as it is). On
     small encoders ``workers=2, threads=1`` uses two cores better than ``workers=1, threads=2``.
     ``verify`` checks every file's sha256 first. ``device`` defaults to the one the artifact was exported for.
+    With several formats, each micro-batch goes to the format that was fastest at export on the nearest grid
+    point; ``calibrate=True`` re-times the formats on this machine at load (seconds) and routes by that instead,
+    for an artifact exported on another machine or with other threads.
     """
 
     format: str | None = None
@@ -128,6 +131,7 @@ class LoadOptions:
     workers: int = 1
     threads: int | None = None
     verify: bool = True
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in FORMATS:
@@ -166,6 +170,7 @@ class ServeOptions:
     truncate: bool = False
     workers: int = 1
     threads: int | None = None
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         for name in (

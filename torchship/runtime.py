@@ -111,6 +111,10 @@ class Predictor:
         pooler = "pooler_output" in self.output_names
         self._cost = functools.cache(lambda seq: flops(config, 1, seq, self.task, pooler=pooler))
         self.counters = Counters()
+        if options.calibrate and len(self.backends) > 1:
+            from .timing import time_formats
+
+            self.timings = {**time_formats(self, self.timings.get("seq") or self.buckets), "source": "calibrated"}
 
     def __repr__(self) -> str:
         return (
@@ -121,7 +125,8 @@ class Predictor:
     # ---- format selection --------------------------------------------------------------------------------------
 
     def select(self, batch: int, seq: int, format: str | None = None) -> Backend:
-        """The backend for a (batch, seq) micro-batch: the forced one, or the fastest recorded at export."""
+        """The backend for a (batch, seq) micro-batch: the forced one, or the fastest timed (at export, or at
+        load with ``calibrate=True``) on the nearest grid point."""
         if format is not None:
             if format not in self.backends:
                 raise InputError(f"format {format!r} is not loaded; loaded: {', '.join(self.backends)}")

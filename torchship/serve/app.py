@@ -53,7 +53,11 @@ class PredictRequest(BaseModel):
 
 def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
     predictor = load(
-        artifact, truncation="warn" if options.truncate else "error", workers=options.workers, threads=options.threads
+        artifact,
+        truncation="warn" if options.truncate else "error",
+        workers=options.workers,
+        threads=options.threads,
+        calibrate=options.calibrate,
     )
     metrics = Metrics()
     state: dict[str, Any] = {"ready": False}

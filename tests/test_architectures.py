@@ -201,8 +201,15 @@ def test_question_answering_input_errors(exported) -> None:
         predictor(["who?"])
     with pytest.raises(torchship.InputError, match="too long for the longest traced length 32"):
         predictor(question="word " * 40, context="short")
-    with pytest.raises(torchship.InputError, match="1 question"):
+    with pytest.raises(torchship.InputError, match="got 1 questions and 2 contexts; pass lists of equal length"):
         predictor(question=["a"], context=["b", "c"])
+    contexts = ["Jim Henson was a puppeteer.", "The muppets were filmed in london."]
+    one_question = predictor(question="Where?", context=contexts)  # one question over every context
+    assert one_question == predictor(question=["Where?", "Where?"], context=contexts)
+    one_context = predictor(question=["Who?", "What?"], context=contexts[0])  # many questions, one context
+    assert one_context == predictor(question=["Who?", "What?"], context=[contexts[0]] * 2)
+    assert isinstance(one_context, list)
+    assert len(one_context) == 2
 
 
 @pytest.mark.parametrize(("family", "task"), CELLS)

@@ -188,3 +188,9 @@ def test_fill_mask_is_pipeline_shaped(tiny_mlm_dir: Path, tiny_mlm_artifact: Pat
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=1e-5)
     with pytest.raises(torchship.InputError, match="top_k must be a positive integer"):
         predictor(text, top_k=0)
+    with pytest.raises(torchship.InputError, match="top_k must be a positive integer"):
+        predictor(text, top_k=2.5)
+    assert [r["token"] for r in predictor(text, top_k=3.0)] == [r["token"] for r in got]  # JSON's 3.0 is 3
+    everything = predictor("[MASK]", top_k=10**9)  # more than the vocabulary: every token, once, best first
+    assert len(everything) == 30522
+    assert [r["score"] for r in everything] == sorted((r["score"] for r in everything), reverse=True)

@@ -154,7 +154,7 @@ class ServeOptions:
 
     A batch closes at ``max_batch_tokens`` padded tokens, ``max_batch_size`` items, or ``max_wait_ms`` after
     its first item. At most ``max_queue`` items wait; beyond that requests get 503 with Retry-After.
-    One request holds at most ``max_input_items`` texts of at most ``max_input_chars`` characters each;
+    One request holds at most ``max_input_items`` texts (or text pairs) of at most ``max_input_chars`` characters each;
     texts over the longest bucket are refused (413) unless ``truncate``.
     """
 

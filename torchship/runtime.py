@@ -356,11 +356,18 @@ class Predictor:
     ) -> Any:
         if question is None or context is None:
             raise InputError("question-answering needs both question= and context=")
-        single = isinstance(question, str)
+        single = isinstance(question, str) and isinstance(context, str)
         questions = check_texts(question)
         contexts = check_texts(context)
+        if isinstance(question, str):  # one question over many contexts, or many questions about one context
+            questions = questions * len(contexts)
+        elif isinstance(context, str):
+            contexts = contexts * len(questions)
         if len(questions) != len(contexts):
-            raise InputError(f"got {len(questions)} question(s) and {len(contexts)} context(s); give one context each")
+            raise InputError(
+                f"got {len(questions)} questions and {len(contexts)} contexts; pass lists of equal length, "
+                "or a single question or context to pair with every item of the other"
+            )
         top_k = _positive(top_k, "top_k")
         doc_stride = _positive(doc_stride, "doc_stride")
         max_answer_len = _positive(max_answer_len, "max_answer_len")
@@ -415,6 +422,8 @@ def _load_backend(name: str, root: Path, manifest: artifact.Manifest, options: L
 
 
 def _positive(value: object, name: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 5.0 is the integer 5, as JSON Schema counts it
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InputError(f"{name} must be a positive integer, got {value!r}")
     return value

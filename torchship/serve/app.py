@@ -14,18 +14,19 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import InputError, SequenceTooLongError
 from ..options import ServeOptions
 from ..runtime import Predictor, load
 from ..tokenize import TextInput, check_texts
+from . import schema
 from .batcher import Batcher, Item, QueueFullError
 from .metrics import Metrics
 
@@ -75,6 +76,8 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         await asyncio.to_thread(state["batcher"].close)
 
     app = FastAPI(title="torchship", version=predictor.manifest["torchship_version"], lifespan=lifespan)
+    task = predictor.task
+    dim = _embedding_dim(predictor)
 
     @app.middleware("http")
     async def record(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -93,8 +96,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, e: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        return JSONResponse({"error": {"message": problems, "type": "invalid_request"}}, status_code=422)
+        return JSONResponse({"error": {"message": _problems(e.errors()), "type": "invalid_request"}}, status_code=422)
 
     def authorize(request: Request) -> None:
         if options.api_key is None:
@@ -104,20 +106,24 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         if not hmac.compare_digest(token.encode(), options.api_key.encode()):
             raise HTTPError(401, "missing or wrong API key; send 'Authorization: Bearer KEY'", "unauthorized")
 
-    async def run_items(texts: list[TextInput], parameters: dict[str, Any]) -> tuple[list[Any], int]:
-        """Check, tokenize and queue ``texts``; return their results in order and their token count."""
+    def check_limits(texts: list[TextInput]) -> None:
+        """413 for more than max_input_items texts, or a text over max_input_chars."""
         if len(texts) > options.max_input_items:
             raise HTTPError(
                 413, f"{len(texts)} inputs exceed max_input_items {options.max_input_items}; split the request",
                 "too_many_items",
             )  # fmt: skip
-        for i, text in enumerate(texts):
-            chars = len(text) if isinstance(text, str) else sum(map(len, text))
+        for i, text in enumerate(texts):  # a (text, text_pair) pair is two texts, each held to the limit
+            chars = len(text) if isinstance(text, str) else max(map(len, text))
             if chars > options.max_input_chars:
                 raise HTTPError(
                     413, f"input {i} has {chars} characters, over max_input_chars {options.max_input_chars}",
                     "too_many_characters",
                 )  # fmt: skip
+
+    async def run_items(texts: list[TextInput], parameters: dict[str, Any]) -> tuple[list[Any], int]:
+        """Check, tokenize and queue ``texts``; return their results in order and their token count."""
+        check_limits(texts)
         try:
             checked = check_texts(texts)
             with warnings.catch_warnings():
@@ -146,12 +152,22 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
             for item in items:
                 item.future.cancel()  # the client left: the batcher skips what has not run yet
 
-    @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
-    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
-        if predictor.task != "feature-extraction":
+    @app.post(
+        "/v1/embeddings",
+        dependencies=[Depends(authorize)],
+        include_in_schema=dim is not None,  # other tasks: only a 400 that points to /predict
+        openapi_extra=schema.embeddings_body(options, dim or 0),
+        responses={**schema.embeddings_response(dim or 0), **schema.error_responses(401, 413, 422, 503)},
+    )
+    async def embeddings(request: Request) -> JSONResponse:
+        body = await _parse(request, EmbeddingRequest)
+        if task != "feature-extraction":
+            raise HTTPError(400, f"this artifact serves {task}, not embeddings; use POST /predict", "wrong_task")
+        if body.dimensions is not None and body.dimensions != dim:
             raise HTTPError(
-                400, f"this artifact serves {predictor.task}, not embeddings; use POST /predict", "wrong_task"
-            )
+                422, f"dimensions {body.dimensions}: this model's embeddings have {dim}; omit dimensions or pass {dim}",
+                "invalid_request",
+            )  # fmt: skip
         texts: list[TextInput] = [body.input] if isinstance(body.input, str) else list(body.input)
         if not texts:
             raise HTTPError(422, "input is empty; pass a string or a non-empty list of strings", "invalid_request")
@@ -160,16 +176,27 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)
         ]
-        return {
+        return JSONResponse({
             "object": "list", "data": data, "model": body.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }  # fmt: skip
+        })  # fmt: skip
 
-    @app.post("/predict", dependencies=[Depends(authorize)])
-    async def predict(body: PredictRequest) -> dict[str, Any]:
+    @app.post(
+        "/predict",
+        dependencies=[Depends(authorize)],
+        openapi_extra=schema.predict_body(task, options),
+        responses={
+            200: {"description": f"{task} outputs, in input order (a single input gets a single output)"},
+            **schema.error_responses(400, 401, 413, 422, 503),
+        },
+    )
+    async def predict(request: Request) -> JSONResponse:
+        body = await _parse(request, PredictRequest)
         if predictor.task == "question-answering":
             if body.question is None or body.context is None:
                 raise HTTPError(422, "question-answering needs 'question' and 'context'", "invalid_request")
+            for field in (body.question, body.context):
+                check_limits([field] if isinstance(field, str) else list(field))
             try:
                 out = await asyncio.to_thread(
                     predictor, question=body.question, context=body.context, **body.parameters
@@ -178,7 +205,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
                 raise HTTPError(422, f"invalid parameters: {e}", "invalid_request") from e
             except InputError as e:
                 raise HTTPError(422, str(e), "invalid_request") from e
-            return {"task": predictor.task, "outputs": out}
+            return JSONResponse({"task": predictor.task, "outputs": out})
         if body.question is not None or body.context is not None:
             raise HTTPError(400, f"this artifact serves {predictor.task}, not question-answering", "wrong_task")
         if body.inputs is None:
@@ -188,9 +215,9 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         results, _ = await run_items(texts, body.parameters)
         if predictor.task == "feature-extraction":
             results = [np.asarray(r).tolist() for r in results]
-        return {"task": predictor.task, "outputs": results[0] if single else results}
+        return JSONResponse({"task": predictor.task, "outputs": results[0] if single else results})
 
-    @app.get("/health")
+    @app.get("/health", responses=schema.HEALTH_RESPONSES)
     async def health() -> JSONResponse:
         ready = state["ready"]
         return JSONResponse({"status": "ready" if ready else "warming up"}, status_code=200 if ready else 503)
@@ -211,11 +238,37 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
             },
         }  # fmt: skip
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=schema.METRICS_RESPONSE)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _parse(request: Request, model: type[M]) -> M:
+    """The JSON body as ``model``; malformed JSON or a wrong field is a 422 naming it."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise HTTPError(422, _problems(e.errors(include_url=False)), "invalid_request") from e
+
+
+def _problems(errors: Any) -> str:
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in errors)
+
+
+def _embedding_dim(predictor: Predictor) -> int | None:
+    """The width of the pooled embedding, read off one short forward pass (every family names it differently)."""
+    if predictor.task != "feature-extraction":
+        return None
+    import torch
+
+    out = predictor.run(torch.full((1, predictor.buckets[0]), 1000, dtype=torch.long))
+    predictor.counters.reset()
+    return int(out["last_hidden_state"].shape[-1])
 
 
 def _encode_vector(vector: np.ndarray, fmt: str) -> list[float] | str:

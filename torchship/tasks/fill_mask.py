@@ -19,7 +19,7 @@ def postprocess(batch: Batch, *, mask_token_id: int, top_k: int, decode: Decode)
         per_mask = []
         for pos in positions:
             probs = logits[row, pos].float().softmax(dim=-1)  # (vocab,)
-            scores, tokens = probs.topk(top_k)
+            scores, tokens = probs.topk(min(top_k, probs.numel()))  # no more candidates than the vocabulary
             candidates = []
             for score, token in zip(scores.tolist(), tokens.tolist(), strict=True):
                 filled = ids.clone()

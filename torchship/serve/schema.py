@@ -1,0 +1,167 @@
+"""The server's OpenAPI contract, built for the artifact and the limits it serves with.
+
+Request bodies are documented here exactly as the server takes them (the task's fields and parameters,
+``max_input_items``, ``max_input_chars``, the embedding width), and validated in the handlers, so a client
+generated from ``/openapi.json`` sends only what is accepted, and every error keeps its own message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..options import ServeOptions
+from ..tasks.token_classification import STRATEGIES
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERRORS = {
+    400: "this artifact serves another task",
+    401: "missing or wrong API key",
+    413: "over a limit: texts per request, characters per text, or tokens per text (without --truncate)",
+    422: "malformed JSON, a missing or empty field, or an invalid parameter",
+    503: "the queue is full; retry after Retry-After seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse, "description": ERRORS[code]} for code in codes}
+
+
+def _body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+def _text(options: ServeOptions) -> dict[str, Any]:
+    # a text with at least one non-blank character, within max_input_chars
+    return {"type": "string", "minLength": 1, "maxLength": options.max_input_chars, "pattern": r"\S"}
+
+
+def _one_or_many(one: dict[str, Any], options: ServeOptions, item: dict[str, Any] | None = None) -> dict[str, Any]:
+    array = {"type": "array", "items": item or one, "minItems": 1, "maxItems": options.max_input_items}
+    return {"anyOf": [one, array]}
+
+
+def embeddings_body(options: ServeOptions, dim: int) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {**_one_or_many(_text(options), options), "description": "a text or a list of texts"},
+            "model": {"type": "string", "default": "torchship", "description": "any name; echoed back"},
+            "encoding_format": {"enum": ["float", "base64"], "default": "float"},
+            "user": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "dimensions": {
+                "anyOf": [{"enum": [dim]}, {"type": "null"}],
+                "description": f"this model's embeddings have {dim} dimensions; any other value is refused",
+            },
+        },
+    }
+    return _body(schema, "OpenAI-compatible embeddings request")
+
+
+def embeddings_response(dim: int) -> dict[int | str, dict[str, Any]]:
+    item = {
+        "type": "object",
+        "properties": {
+            "object": {"const": "embedding"},
+            "index": {"type": "integer"},
+            "embedding": {
+                "anyOf": [
+                    {"type": "array", "items": {"type": "number"}, "minItems": dim, "maxItems": dim},
+                    {"type": "string", "description": "base64 of little-endian float32"},
+                ]
+            },
+        },
+        "required": ["object", "index", "embedding"],
+    }
+    usage = {
+        "type": "object",
+        "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+        "required": ["prompt_tokens", "total_tokens"],
+    }
+    schema = {
+        "type": "object",
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": item},
+            "model": {"type": "string"},
+            "usage": usage,
+        },
+        "required": ["object", "data", "model", "usage"],
+    }
+    return {
+        200: {"description": "one embedding per input, in order", "content": {"application/json": {"schema": schema}}}
+    }
+
+
+_POSITIVE = {"type": "integer", "minimum": 1}
+
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "feature-extraction": {},
+    "fill-mask": {"top_k": {**_POSITIVE, "default": 5}},
+    "text-classification": {"top_k": {"anyOf": [_POSITIVE, {"type": "null"}], "default": None}},
+    "token-classification": {"aggregation_strategy": {"enum": list(STRATEGIES), "default": "none"}},
+    "question-answering": {
+        "top_k": {**_POSITIVE, "default": 1},
+        "doc_stride": {**_POSITIVE, "default": 128},
+        "max_answer_len": {**_POSITIVE, "default": 15},
+    },
+}
+
+
+def predict_body(task: str, options: ServeOptions) -> dict[str, Any]:
+    parameters = {
+        "type": "object",
+        "properties": PARAMETERS[task],
+        "additionalProperties": False,
+        "description": f"{task} options" if PARAMETERS[task] else f"{task} takes no options",
+    }
+    if task == "question-answering":
+        schema = {
+            "type": "object",
+            "required": ["question", "context"],
+            "properties": {
+                "question": _one_or_many(_text(options), options),
+                "context": _one_or_many(_text(options), options),
+                "parameters": parameters,
+            },
+            "description": "a question and its context; one of them and a list of the other; or equal-length lists",
+        }
+        return _body(schema, "extractive question answering")
+    text = _text(options)
+    if task == "token-classification":
+        item: dict[str, Any] = text
+    else:  # in a list, an item may be a (text, text_pair) pair: two texts, each within max_input_chars
+        pair = {"type": "array", "prefixItems": [text, text], "items": False, "minItems": 2, "maxItems": 2}
+        item = {"anyOf": [text, pair]}
+    schema = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {"inputs": _one_or_many(text, options, item), "parameters": parameters},
+    }
+    return _body(schema, f"{task} inputs")
+
+
+METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "ready"},
+    503: {"description": "still warming up"},
+}

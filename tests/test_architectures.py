@@ -199,6 +199,8 @@ def test_question_answering_input_errors(exported) -> None:
         predictor(question="who?")
     with pytest.raises(torchship.InputError, match="not positional texts"):
         predictor(["who?"])
+    with pytest.raises(torchship.InputError, match=r"unknown option\(s\) \['aggregation_strategy'\]"):
+        predictor(question="who?", context="me", aggregation_strategy="simple")
     with pytest.raises(torchship.InputError, match="too long for the longest traced length 32"):
         predictor(question="word " * 40, context="short")
     with pytest.raises(torchship.InputError, match="got 1 questions and 2 contexts; pass lists of equal length"):

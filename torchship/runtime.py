@@ -272,6 +272,7 @@ class Predictor:
         if self.task == "question-answering":
             if inputs is not None:
                 raise InputError("question-answering takes question=... and context=..., not positional texts")
+            self.check_options(**kwargs)
             return self._answer(question, context, **kwargs)
         if question is not None or context is not None:
             raise InputError(f"question= and context= are for question-answering; this artifact is {self.task}")
@@ -300,6 +301,7 @@ class Predictor:
             "fill-mask": {"top_k"},
             "text-classification": {"top_k"},
             "token-classification": {"aggregation_strategy"},
+            "question-answering": {"top_k", "doc_stride", "max_answer_len"},
         }.get(self.task, set())
         unknown = set(kwargs) - allowed
         if unknown:

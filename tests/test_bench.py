@@ -80,3 +80,7 @@ def test_bad_bench_options(tiny_bert_artifact: Path, tmp_path: Path, capsys) -> 
     assert "is not BATCHxSEQ" in capsys.readouterr().err
     assert main(["bench", str(tiny_bert_artifact), "--compare", "tensorrt", "--output", str(tmp_path)]) == 1
     assert "--compare ['tensorrt'] is unknown" in capsys.readouterr().err
+    out = tmp_path / "too-long"
+    assert main(["bench", str(tiny_bert_artifact), "--shapes", "1x100000", "--output", str(out)]) == 1
+    assert "every shape in --shapes is longer than the artifact's max_length 32" in capsys.readouterr().err
+    assert not out.exists()  # refused before measuring or writing anything

@@ -47,6 +47,8 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path, capsys) -> None:
 def test_empty_predict_input_is_an_error(tiny_bert_artifact: Path, capsys) -> None:
     assert main(["predict", str(tiny_bert_artifact)]) == 1
     assert "the input list is empty" in capsys.readouterr().err
+    assert main(["predict", str(tiny_bert_artifact), "--file", "/nonexistent/texts.txt"]) == 1
+    assert "--file /nonexistent/texts.txt does not exist" in capsys.readouterr().err
 
 
 def test_truncation_error_flag(demo_artifact: Path, capsys) -> None:

@@ -198,6 +198,11 @@ def run_bench(artifact: str | Path, options: BenchOptions) -> dict[str, Any]:
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     predictor = load(artifact, threads=options.threads)
+    if options.shapes and all(s > predictor.max_length for _, s in options.shapes):
+        raise OptionsError(
+            f"every shape in --shapes is longer than the artifact's max_length {predictor.max_length}; "
+            f"use sequence lengths up to {predictor.max_length}, or export with longer buckets"
+        )
     out = options.output
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []

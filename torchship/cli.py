@@ -163,6 +163,8 @@ def _export(args: argparse.Namespace) -> int:
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.texts)
     if args.file is not None:
+        if not args.file.is_file():
+            raise TorchshipError(f"--file {args.file} does not exist; give a file of texts, one per line or JSON lines")
         for i, line in enumerate(args.file.read_text().splitlines(), 1):
             if not line.strip():
                 continue

@@ -299,3 +299,29 @@ def test_fuzzing_the_openapi_contract_finds_no_500_and_no_undocumented_behaviour
         )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "No issues found" in run.stdout or "passed" in run.stdout, run.stdout[-3000:]
+
+
+def test_question_answering_is_held_to_the_queue_bound(demo_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import save_tiny
+
+    checkpoint = save_tiny(tmp_path / "qa", HEADS["question-answering"], demo_dir)
+    options = torchship.ExportOptions(task="question-answering", seq_lengths=(16, 64), progress=False)
+    artifact = torchship.export(checkpoint, tmp_path / "art", options)
+    context = "Jim Henson was a puppeteer who created the muppets in new york. " * 40  # many windows each
+    with serve_in_thread(artifact, max_queue=4, max_input_items=4) as url:
+
+        def one(_: int) -> httpx.Response:
+            body = {"question": ["Who?"] * 4, "context": context, "parameters": {"doc_stride": 4}}
+            return httpx.post(f"{url}/predict", json=body, timeout=120)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(one, range(8)))
+        r = httpx.post(f"{url}/predict", json={"question": "Who?", "context": "Jim Henson was a puppeteer."})
+        assert r.status_code == 200  # in-flight count back to zero: nothing leaked
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.headers["retry-after"] == "1"
+    assert "the queue is full" in rejected.json()["error"]["message"]
+    answered = next(r for r in responses if r.status_code == 200)
+    assert len(answered.json()["outputs"]) == 4  # one answer per question, the context shared

@@ -61,7 +61,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         calibrate=options.calibrate,
     )
     metrics = Metrics()
-    state: dict[str, Any] = {"ready": False}
+    state: dict[str, Any] = {"ready": False, "answering": 0}  # answering: question-answering items in flight
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -195,16 +195,24 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         if predictor.task == "question-answering":
             if body.question is None or body.context is None:
                 raise HTTPError(422, "question-answering needs 'question' and 'context'", "invalid_request")
+            sizes = [1 if isinstance(f, str) else len(f) for f in (body.question, body.context)]
             for field in (body.question, body.context):
                 check_limits([field] if isinstance(field, str) else list(field))
+            # questions run over their context windows outside the batcher, but are held to the same queue bound
+            if state["answering"] + max(sizes) > options.max_queue:
+                waiting = f"{state['answering']} questions in flight, max_queue {options.max_queue}"
+                raise HTTPError(
+                    503, f"the queue is full ({waiting}); retry shortly", "queue_full", {"Retry-After": "1"}
+                )
+            state["answering"] += max(sizes)
             try:
                 out = await asyncio.to_thread(
                     predictor, question=body.question, context=body.context, **body.parameters
                 )
-            except TypeError as e:
-                raise HTTPError(422, f"invalid parameters: {e}", "invalid_request") from e
             except InputError as e:
                 raise HTTPError(422, str(e), "invalid_request") from e
+            finally:
+                state["answering"] -= max(sizes)
             return JSONResponse({"task": predictor.task, "outputs": out})
         if body.question is not None or body.context is not None:
             raise HTTPError(400, f"this artifact serves {predictor.task}, not question-answering", "wrong_task")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TorchshipError
-from .options import DEFAULT_SEQ_LENGTHS, FORMATS, TASKS, parse_int_list
+from .options import DEFAULT_SEQ_LENGTHS, DTYPES, FORMATS, TASKS, parse_int_list
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-buckets", type=int, default=16, help="number of planned buckets (--buckets auto)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
     p.add_argument("--device", default="cpu", help="trace and run on: cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--dtype", default="float32", choices=DTYPES, help="int8: ONNX Runtime dynamic quantization (--format onnx)"
+    )
 
     p = sub.add_parser("predict", help="run texts through an artifact")
     p.add_argument("artifact", metavar="ARTIFACT")

@@ -20,7 +20,7 @@ TASKS = (
 )
 FORMATS = ("torchscript", "aoti", "onnx", "neuron")
 ALL_FORMATS = ("torchscript", "aoti", "onnx")  # what "all" means: every format that runs on a plain CPU
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
 TRUNCATION = ("warn", "error")
 DEFAULT_SEQ_LENGTHS = (16, 32, 64, 128, 256)
 
@@ -79,10 +79,15 @@ class ExportOptions:
                 raise OptionsError(f"format {fmt!r} is not supported; choose from: {', '.join(FORMATS)}, or all")
         if self.dtype not in DTYPES:
             raise OptionsError(f"dtype {self.dtype!r} is not supported; choose one of: {', '.join(DTYPES)}")
-        if "onnx" in self.formats and (self.dtype != "float32" or self.device != "cpu"):
+        if self.dtype == "int8" and (self.formats != ("onnx",) or self.device != "cpu"):
             raise OptionsError(
-                f"format 'onnx' is exported in float32 for CPU only (asked: {self.dtype} on {self.device}); "
-                "use torchscript or aoti for reduced precision and CUDA"
+                f"dtype 'int8' is ONNX Runtime's dynamic quantization, for CPU (asked: {', '.join(self.formats)} "
+                f"on {self.device}); export it with --format onnx --device cpu"
+            )
+        if "onnx" in self.formats and (self.dtype not in ("float32", "int8") or self.device != "cpu"):
+            raise OptionsError(
+                f"format 'onnx' is exported in float32 or int8 for CPU only (asked: {self.dtype} on {self.device}); "
+                "use torchscript or aoti for float16, bfloat16 and CUDA"
             )
         if len(set(self.formats)) != len(self.formats):
             raise OptionsError(f"formats {list(self.formats)} repeats a format; list each once")

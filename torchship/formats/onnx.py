@@ -85,6 +85,23 @@ def fuse(path: Path, out: Path, *, model_type: str, num_heads: int, hidden_size:
     return None
 
 
+def quantize(path: Path, out: Path) -> None:
+    """Write ONNX Runtime's dynamic int8 quantization of ``path`` to ``out``: int8 weights per output channel,
+    activations quantized per tensor at run time. Per-tensor weights lost too much here (all-MiniLM-L6-v2
+    embeddings: cosine 0.89 at worst over 200 corpus texts, against 0.987 per channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # "Please consider to run pre-processing before quantization"
+        try:
+            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
+
+
 def load(path: Path, max_length: int, *, threads: int | None) -> Backend:
     ort = require_onnxruntime()
     options = ort.SessionOptions()

@@ -182,3 +182,14 @@ def test_int8_minilm_embeddings_stay_close_to_float32(demo_artifact: Path, tmp_p
     fp32 = torchship.load(demo_artifact, truncation="error")(texts)  # both whole: only quantization differs
     cosine = (int8 * fp32).sum(1)
     assert cosine.min() > 0.97, cosine.min()  # measured over the whole corpus: 0.984 at worst, 0.993 median
+
+
+def test_validate_holds_a_reduced_precision_artifact_to_its_measured_tolerance(
+    bf16_tiny: Path, tiny_bert_dir: Path, capsys
+) -> None:
+    assert main(["validate", str(bf16_tiny), "--model", str(tiny_bert_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out  # every line against atol + 1.5 x the tolerance, as the verdict is
+    tolerance = _manifest(bf16_tiny)["precision"]["tolerance"]["last_hidden_state"]
+    assert f"(allowed {1e-4 + 1.5 * tolerance:.3g})" in out
+    assert out.rstrip().endswith("parity ok")

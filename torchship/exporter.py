@@ -40,7 +40,8 @@ def export(model: str | Path, output_dir: str | Path, options: ExportOptions | N
             path=output_dir,
         )
     started = time.perf_counter()
-    if device.resolve(options.device).type == "cpu" and options.dtype == "float16":  # fail before anything is written
+    target = device.resolve(options.device)  # fail before anything is loaded or written
+    if target.type == "cpu" and options.dtype == "float16":
         warnings.warn(
             "float16 on cpu: most CPUs have no float16 arithmetic, so it runs on slow fallback kernels (measured "
             "here: ~6x slower than float32 for all-MiniLM-L6-v2); for reduced precision on CPU use bfloat16",

@@ -49,7 +49,9 @@ class ExportOptions:
     ``buckets="auto"`` replaces ``seq_lengths`` with the FLOP-optimal ``max_buckets`` edges planned from
     the length sample ``lengths_from`` (see ``torchship plan``). ``formats`` is any of torchscript, aoti,
     onnx, or ``("all",)``; compiled AOTInductor packages are reused from ``cache_dir``
-    (default ``$TORCHSHIP_CACHE`` or ``~/.cache/torchship``).
+    (default ``$TORCHSHIP_CACHE`` or ``~/.cache/torchship``). ``dtype`` float16 or bfloat16 traces the model
+    in that dtype on ``device``; int8 is ONNX Runtime's dynamic quantization of the float32 ONNX graph (CPU).
+    Either way the drift from float32 is measured and recorded as ``manifest["precision"]``.
     """
 
     task: str = "auto"

@@ -209,10 +209,12 @@ def test_predict_is_task_native(tiny_mlm_artifact: Path) -> None:
         assert "/v1/embeddings" not in spec["paths"]  # documented only where it answers
         body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["required"] == ["inputs"]
-        assert body["properties"]["parameters"]["properties"] == {
-            "top_k": {"type": "integer", "minimum": 1, "default": 5}
-        }
+        top_k = {"type": "integer", "minimum": 1, "maximum": 100, "default": 5}
+        assert body["properties"]["parameters"]["properties"] == {"top_k": top_k}
         assert body["properties"]["parameters"]["additionalProperties"] is False
+        r = httpx.post(f"{url}/predict", json={"inputs": ["a [MASK]"], "parameters": {"top_k": 30000}})
+        assert r.status_code == 422
+        assert "top_k 30000 is over this server's limit of 100" in r.json()["error"]["message"]
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(demo_artifact: Path, tmp_path: Path) -> None:

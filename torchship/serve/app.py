@@ -121,9 +121,17 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
                     "too_many_characters",
                 )  # fmt: skip
 
+    def check_top_k(parameters: dict[str, Any]) -> None:
+        top_k = parameters.get("top_k")
+        if isinstance(top_k, int | float) and not isinstance(top_k, bool) and top_k > schema.MAX_TOP_K:
+            raise HTTPError(
+                422, f"top_k {top_k} is over this server's limit of {schema.MAX_TOP_K} candidates", "invalid_request"
+            )
+
     async def run_items(texts: list[TextInput], parameters: dict[str, Any]) -> tuple[list[Any], int]:
         """Check, tokenize and queue ``texts``; return their results in order and their token count."""
         check_limits(texts)
+        check_top_k(parameters)
         try:
             checked = check_texts(texts)
             with warnings.catch_warnings():
@@ -198,6 +206,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
             sizes = [1 if isinstance(f, str) else len(f) for f in (body.question, body.context)]
             for field in (body.question, body.context):
                 check_limits([field] if isinstance(field, str) else list(field))
+            check_top_k(body.parameters)
             # questions run over their context windows outside the batcher, but are held to the same queue bound
             if state["answering"] + max(sizes) > options.max_queue:
                 waiting = f"{state['answering']} questions in flight, max_queue {options.max_queue}"

@@ -110,15 +110,17 @@ def embeddings_response(dim: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+MAX_TOP_K = 100  # a server limit, not the library's: fill-mask decodes a whole sequence per candidate
 _POSITIVE = {"type": "integer", "minimum": 1}
+_TOP_K = {**_POSITIVE, "maximum": MAX_TOP_K}
 
 PARAMETERS: dict[str, dict[str, Any]] = {
     "feature-extraction": {},
-    "fill-mask": {"top_k": {**_POSITIVE, "default": 5}},
-    "text-classification": {"top_k": {"anyOf": [_POSITIVE, {"type": "null"}], "default": None}},
+    "fill-mask": {"top_k": {**_TOP_K, "default": 5}},
+    "text-classification": {"top_k": {"anyOf": [_TOP_K, {"type": "null"}], "default": None}},
     "token-classification": {"aggregation_strategy": {"enum": list(STRATEGIES), "default": "none"}},
     "question-answering": {
-        "top_k": {**_POSITIVE, "default": 1},
+        "top_k": {**_TOP_K, "default": 1},
         "doc_stride": {**_POSITIVE, "default": 128},
         "max_answer_len": {**_POSITIVE, "default": 15},
     },

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Encoding
 
 from . import artifact, device
 from .errors import ArtifactError, InputError, SequenceTooLongError, UnsupportedModelError
@@ -308,8 +309,11 @@ class Predictor:
             raise InputError(
                 f"unknown option(s) {sorted(unknown)} for task {self.task}; valid: {sorted(allowed) or 'none'}"
             )
-        if "top_k" in kwargs and kwargs["top_k"] is not None:
+        if "top_k" in kwargs and (kwargs["top_k"] is not None or self.task == "question-answering"):
             _positive(kwargs["top_k"], "top_k")
+        for name in ("doc_stride", "max_answer_len"):
+            if name in kwargs:
+                _positive(kwargs[name], name)
         if "aggregation_strategy" in kwargs:
             token_classification.check_strategy(kwargs["aggregation_strategy"])
 
@@ -356,11 +360,19 @@ class Predictor:
         doc_stride: int = 128,
         max_answer_len: int = 15,
     ) -> Any:
+        questions, contexts = self.question_pairs(question, context)
+        top_k, max_answer_len = _positive(top_k, "top_k"), _positive(max_answer_len, "max_answer_len")
+        windows = self.question_windows(questions, contexts, doc_stride=doc_stride)
+        results = self.answer_windows(contexts, windows, top_k=top_k, max_answer_len=max_answer_len)
+        return results[0] if isinstance(question, str) and isinstance(context, str) else results
+
+    def question_pairs(self, question: object, context: object) -> tuple[list[str], list[str]]:
+        """Checked (question, context) pairs: a single question or context is paired with every item of the
+        other list; two lists must have equal lengths."""
         if question is None or context is None:
             raise InputError("question-answering needs both question= and context=")
-        single = isinstance(question, str) and isinstance(context, str)
-        questions = check_texts(question)
-        contexts = check_texts(context)
+        questions = [str(q) for q in check_texts(question)]
+        contexts = [str(c) for c in check_texts(context)]
         if isinstance(question, str):  # one question over many contexts, or many questions about one context
             questions = questions * len(contexts)
         elif isinstance(context, str):
@@ -370,19 +382,26 @@ class Predictor:
                 f"got {len(questions)} questions and {len(contexts)} contexts; pass lists of equal length, "
                 "or a single question or context to pair with every item of the other"
             )
-        top_k = _positive(top_k, "top_k")
+        return questions, contexts
+
+    def question_windows(self, questions: list[str], contexts: list[str], *, doc_stride: int) -> list[list[Encoding]]:
+        """Per pair, the (question, context window) encodings that cover the whole context."""
         doc_stride = _positive(doc_stride, "doc_stride")
-        max_answer_len = _positive(max_answer_len, "max_answer_len")
-        owner, all_windows = [], []
-        for i, (q, c) in enumerate(zip(questions, contexts, strict=True)):
-            ws = question_answering.windows(
-                self.encoder.tokenizer, str(q), str(c), max_length=self.max_length, doc_stride=doc_stride
-            )
-            owner += [i] * len(ws)
-            all_windows += ws
-        encoded = Encoded.of(all_windows)
-        candidates: list[list[Any]] = [[] for _ in questions]
-        for rows, batch in self.batches(encoded):
+        return [
+            question_answering.windows(self.encoder.tokenizer, q, c, max_length=self.max_length, doc_stride=doc_stride)
+            for q, c in zip(questions, contexts, strict=True)
+        ]
+
+    def answer_windows(
+        self, contexts: list[str], windows: list[list[Encoding]], *, top_k: int = 1, max_answer_len: int = 15
+    ) -> list[Any]:
+        """The best spans per context, from its windows run together in length-sorted micro-batches (the
+        server's batcher calls this with the windows of many requests)."""
+        top_k, max_answer_len = _positive(top_k, "top_k"), _positive(max_answer_len, "max_answer_len")
+        owner = [i for i, ws in enumerate(windows) for _ in ws]
+        all_windows = [w for ws in windows for w in ws]
+        candidates: list[list[Any]] = [[] for _ in contexts]
+        for rows, batch in self.batches(Encoded.of(all_windows)):
             start_logits = batch.outputs["start_logits"].float().numpy()  # (batch, seq)
             end_logits = batch.outputs["end_logits"].float().numpy()
             for i, (r, n) in enumerate(zip(rows, batch.lengths, strict=True)):
@@ -392,9 +411,9 @@ class Predictor:
                 candidates[owner[r]] += [(score, s, e, all_windows[r]) for score, s, e in spans]
         results = []
         for c, found in zip(contexts, candidates, strict=True):
-            answers = question_answering.answer(str(c), found, top_k=top_k)
+            answers = question_answering.answer(c, found, top_k=top_k)
             results.append(answers[0] if top_k == 1 and answers else answers)
-        return results[0] if single else results
+        return results
 
 
 def _load_backend(name: str, root: Path, manifest: artifact.Manifest, options: LoadOptions) -> Backend:

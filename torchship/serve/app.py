@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError
 from ..errors import InputError, SequenceTooLongError
 from ..options import ServeOptions
 from ..runtime import Predictor, load
-from ..tokenize import TextInput, check_texts
+from ..tokenize import Encoded, TextInput, check_texts
 from . import schema
 from .batcher import Batcher, Item, QueueFullError
 from .metrics import Metrics
@@ -61,7 +61,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         calibrate=options.calibrate,
     )
     metrics = Metrics()
-    state: dict[str, Any] = {"ready": False, "answering": 0}  # answering: question-answering items in flight
+    state: dict[str, Any] = {"ready": False}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,18 +147,42 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         items = [
             Item(t, encoded.select([i]), key, loop.create_future(), loop) for i, t in enumerate(checked)
         ]  # fmt: skip
+        return await run_queued(items), int(encoded.lengths.sum())
+
+    async def run_queued(items: list[Item]) -> list[Any]:
+        """Queue ``items`` (all or none) and return their results in order."""
         try:
             state["batcher"].submit(items)
         except QueueFullError as e:
             raise HTTPError(503, str(e), "queue_full", {"Retry-After": "1"}) from e
         try:
-            results = list(await asyncio.gather(*(item.future for item in items)))
-            return results, int(encoded.lengths.sum())
+            return list(await asyncio.gather(*(item.future for item in items)))
         except InputError as e:
             raise HTTPError(422, str(e), "invalid_request") from e
         finally:
             for item in items:
                 item.future.cancel()  # the client left: the batcher skips what has not run yet
+
+    async def answer(question: str | list[str], context: str | list[str], parameters: dict[str, Any]) -> list[Any]:
+        """Question answering through the batcher: one item per (question, context) pair, carrying its windows."""
+        for field in (question, context):
+            check_limits([field] if isinstance(field, str) else list(field))
+        check_top_k(parameters)
+        try:
+            predictor.check_options(**parameters)
+            questions, contexts = predictor.question_pairs(question, context)
+            stride = parameters.get("doc_stride", 128)
+            windows = await asyncio.to_thread(predictor.question_windows, questions, contexts, doc_stride=stride)
+            options = {k: v for k, v in parameters.items() if k != "doc_stride"}
+        except InputError as e:
+            raise HTTPError(422, str(e), "invalid_request") from e
+        loop = asyncio.get_running_loop()
+        key = tuple(sorted(options.items()))
+        items = [
+            Item((q, c), Encoded.of(ws), key, loop.create_future(), loop, windows=ws)
+            for q, c, ws in zip(questions, contexts, windows, strict=True)
+        ]
+        return await run_queued(items)
 
     @app.post(
         "/v1/embeddings",
@@ -203,26 +227,9 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         if predictor.task == "question-answering":
             if body.question is None or body.context is None:
                 raise HTTPError(422, "question-answering needs 'question' and 'context'", "invalid_request")
-            sizes = [1 if isinstance(f, str) else len(f) for f in (body.question, body.context)]
-            for field in (body.question, body.context):
-                check_limits([field] if isinstance(field, str) else list(field))
-            check_top_k(body.parameters)
-            # questions run over their context windows outside the batcher, but are held to the same queue bound
-            if state["answering"] + max(sizes) > options.max_queue:
-                waiting = f"{state['answering']} questions in flight, max_queue {options.max_queue}"
-                raise HTTPError(
-                    503, f"the queue is full ({waiting}); retry shortly", "queue_full", {"Retry-After": "1"}
-                )
-            state["answering"] += max(sizes)
-            try:
-                out = await asyncio.to_thread(
-                    predictor, question=body.question, context=body.context, **body.parameters
-                )
-            except InputError as e:
-                raise HTTPError(422, str(e), "invalid_request") from e
-            finally:
-                state["answering"] -= max(sizes)
-            return JSONResponse({"task": predictor.task, "outputs": out})
+            out = await answer(body.question, body.context, body.parameters)
+            single = isinstance(body.question, str) and isinstance(body.context, str)
+            return JSONResponse({"task": predictor.task, "outputs": out[0] if single else out})
         if body.question is not None or body.context is not None:
             raise HTTPError(400, f"this artifact serves {predictor.task}, not question-answering", "wrong_task")
         if body.inputs is None:

@@ -4,6 +4,7 @@ Handlers ``submit`` items and await their futures; the event loop never runs the
 the first waiting item, then keeps collecting until the batch reaches ``max_batch_tokens`` padded tokens or
 ``max_batch_size`` items, or ``max_wait_ms`` has passed. The Predictor then sorts the batch by length into
 per-bucket micro-batches. Items whose client went away are dropped before running, never breaking a batch.
+A question-answering item is one (question, context) pair: its context windows all run in the same batch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from tokenizers import Encoding
 
 from ..errors import TorchshipError
 from ..runtime import Predictor
@@ -27,11 +30,15 @@ class QueueFullError(TorchshipError):
 
 @dataclass
 class Item:
-    text: TextInput
-    encoded: Encoded  # one row
+    text: TextInput  # question answering: (question, context)
+    encoded: Encoded  # one row; question answering: one per context window
     options: tuple[tuple[str, Any], ...]  # post-processing keyword arguments, hashable
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    windows: list[Encoding] | None = None  # question answering: the windows ``encoded`` holds
+
+    def padded_tokens(self, predictor: Predictor) -> int:
+        return sum(predictor.bucket_for(len(ids)) for ids in self.encoded.ids)
 
 
 class Batcher:
@@ -81,7 +88,7 @@ class Batcher:
                 return
             self._took_one()
             batch = [first]
-            tokens = self.predictor.bucket_for(len(first.encoded.ids[0]))
+            tokens = first.padded_tokens(self.predictor)
             deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch_size and tokens < self.max_batch_tokens:
                 try:
@@ -93,7 +100,7 @@ class Batcher:
                     break
                 self._took_one()
                 batch.append(item)
-                tokens += self.predictor.bucket_for(len(item.encoded.ids[0]))
+                tokens += item.padded_tokens(self.predictor)
             self._run(batch)
 
     def _run(self, batch: list[Item]) -> None:
@@ -106,9 +113,7 @@ class Batcher:
         for options, items in groups.items():
             before = (counters.real_tokens, counters.padded_tokens, counters.flops_executed, counters.flops_unpadded)
             try:
-                results = self.predictor.predict_encoded(
-                    [i.text for i in items], Encoded.concat([i.encoded for i in items]), **dict(options)
-                )
+                results = self._predict(items, dict(options))
             except Exception as e:  # noqa: BLE001  handed to each waiting request, which maps it to a status
                 for item in items:
                     item.loop.call_soon_threadsafe(_fail, item.future, e)
@@ -120,6 +125,14 @@ class Batcher:
             self.metrics.flops.labels("unpadded").inc(after[3] - before[3])
             for item, result in zip(items, results, strict=True):
                 item.loop.call_soon_threadsafe(_resolve, item.future, result)
+
+    def _predict(self, items: list[Item], options: dict[str, Any]) -> list[Any]:
+        if self.predictor.task == "question-answering":
+            contexts = [str(i.text[1]) for i in items]
+            return self.predictor.answer_windows(contexts, [i.windows or [] for i in items], **options)
+        return self.predictor.predict_encoded(
+            [i.text for i in items], Encoded.concat([i.encoded for i in items]), **options
+        )
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

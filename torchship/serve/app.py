@@ -173,11 +173,11 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
             questions, contexts = predictor.question_pairs(question, context)
             stride = parameters.get("doc_stride", 128)
             windows = await asyncio.to_thread(predictor.question_windows, questions, contexts, doc_stride=stride)
-            options = {k: v for k, v in parameters.items() if k != "doc_stride"}
+            post = {k: v for k, v in parameters.items() if k != "doc_stride"}  # what answer_windows takes
         except InputError as e:
             raise HTTPError(422, str(e), "invalid_request") from e
         loop = asyncio.get_running_loop()
-        key = tuple(sorted(options.items()))
+        key = tuple(sorted(post.items()))
         items = [
             Item((q, c), Encoded.of(ws), key, loop.create_future(), loop, windows=ws)
             for q, c, ws in zip(questions, contexts, windows, strict=True)

@@ -158,3 +158,41 @@ def test_calibrate_retimes_the_formats_here_and_routes_by_that(all_formats: Path
     assert _manifest(all_formats)["timings"] == recorded  # the artifact is not touched
     single = torchship.load(all_formats, format="onnx", calibrate=True)
     assert single.timings == recorded  # one format: nothing to choose, nothing timed
+
+
+def test_dynamic_formats_split_micro_batches_at_the_cheapest_cuts(all_formats: Path) -> None:
+    """Rows sorted by length are cut where padding would cost more than another call: the split equals the
+    best of every contiguous split (brute force), and keeps the row and token budgets."""
+    import itertools
+
+    predictor = torchship.load(all_formats, format="aoti", batch_size=4, max_batch_tokens=96)
+    lengths = np.array([3, 30, 9, 4, 17, 26, 5, 31])
+    jobs = predictor.plan_batches(lengths)
+    assert sorted(r for rows, _, _ in jobs for r in rows) == list(range(len(lengths)))
+    for rows, padded, backend in jobs:
+        assert len(rows) <= 4
+        assert len(rows) == 1 or len(rows) * padded <= 96
+        assert padded == backend.pad_length(int(max(lengths[rows])))
+
+    cost, call = predictor._cost, predictor._cost(16)
+
+    def total(chunks: list[list[int]]) -> float:
+        return sum(len(c) * cost(predictor.backends["aoti"].pad_length(max(c))) + call for c in chunks)
+
+    for bucket in (8, 32):  # rows are grouped by bucket first, then split
+        group = sorted(int(n) for n in lengths if (n <= 8) == (bucket == 8))
+        best = float("inf")
+        for cuts in itertools.product([False, True], repeat=len(group) - 1):
+            chunks, current = [], [group[0]]
+            for n, cut in zip(group[1:], cuts, strict=True):
+                if cut:
+                    chunks.append(current)
+                    current = []
+                current.append(n)
+            chunks.append(current)
+            pads = [predictor.backends["aoti"].pad_length(max(c)) for c in chunks]
+            if all(len(c) <= 4 and (len(c) == 1 or len(c) * p <= 96) for c, p in zip(chunks, pads, strict=True)):
+                best = min(best, total(chunks))
+        in_group = [rows for rows, _, _ in jobs if (max(lengths[rows]) <= 8) == (bucket == 8)]
+        planned = [[int(lengths[r]) for r in rows] for rows in in_group]
+        assert total(planned) == pytest.approx(best)

@@ -248,12 +248,41 @@ class Predictor:
         for members in groups.values():
             longest = int(lengths[members[-1]])
             backend = self.select(len(members), longest, self.format)
-            budget = self.options.max_batch_tokens // backend.pad_length(longest)
-            size = max(1, min(self.options.batch_size, budget, MAX_BATCH))
-            for i in range(0, len(members), size):
-                rows = members[i : i + size]
-                jobs.append((rows, backend.pad_length(int(lengths[rows[-1]])), backend))
+            if backend.lengths is None:  # dynamic: cut where padding costs more than another call
+                chunks = self._split(members, [backend.pad_length(int(lengths[r])) for r in members])
+            else:
+                budget = self.options.max_batch_tokens // backend.pad_length(longest)
+                size = max(1, min(self.options.batch_size, budget, MAX_BATCH))
+                chunks = [members[i : i + size] for i in range(0, len(members), size)]
+            jobs += [(rows, backend.pad_length(int(lengths[rows[-1]])), backend) for rows in chunks]
         return jobs
+
+    def _split(self, rows: list[int], pads: list[int]) -> list[list[int]]:
+        """Cut rows sorted by length (``pads``: each one's padded length) into micro-batches that minimise the
+        executed FLOPs plus a fixed cost per call, within the ``batch_size`` and ``max_batch_tokens`` budgets.
+
+        A batch pads to its longest row, so with rows sorted an exact dynamic program over cut points finds
+        the best split. The per-call cost is one 16-token row: below that, one more call costs more than the
+        padding it saves (batch 1 x 16 runs at about half the GEMM rate of 8 x 128 here).
+        """
+        call = self._cost(16)
+        cap = max(1, min(self.options.batch_size, MAX_BATCH))
+        n = len(rows)
+        best = [0.0] + [float("inf")] * n  # best[j]: cheapest split of the first j rows
+        start = [0] * (n + 1)
+        for j in range(1, n + 1):
+            last = self._cost(pads[j - 1]) + 0.0
+            for i in range(j - 1, max(-1, j - 1 - cap), -1):  # the batch is rows i..j-1, padded to pads[j-1]
+                if (j - i) * pads[j - 1] > self.options.max_batch_tokens and j - i > 1:
+                    break
+                cost = best[i] + (j - i) * last + call
+                if cost < best[j]:
+                    best[j], start[j] = cost, i
+        chunks, j = [], n
+        while j > 0:
+            chunks.append(rows[start[j] : j])
+            j = start[j]
+        return chunks[::-1]
 
     def pad_rows(self, encoded: Encoded, rows: list[int], bucket: int) -> dict[str, torch.Tensor]:
         return pad_rows(encoded, rows, bucket, input_names=self.input_names, pad_token_id=self.pad_token_id)

@@ -281,7 +281,7 @@ def _quantize_onnx(
     onnx.quantize(tmp / onnx.FILE, quantized)
     quantized.replace(tmp / onnx.FILE)
     staging.backends["onnx"] = onnx.load(tmp / onnx.FILE, staging.max_length, threads=None)
-    int8_fn = functools.partial(_run_format, staging, "onnx")
+    int8_fn = validate.run_format(staging, "onnx")
     tolerance = validate.measure_tolerance(staging, int8_fn, reference_fn, batch=batch, grid=buckets, seed=1)
     return {
         "dtype": "int8",
@@ -293,10 +293,6 @@ def _quantize_onnx(
         "measured_on": "parity cases drawn with seed 1; validated on those with seed 0",
         "rule": f"each output's max abs diff from the float32 reference <= atol ({atol:g}) + 1.5 x tolerance",
     }
-
-
-def _run_format(predictor: Predictor, fmt: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return predictor.run(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"), format=fmt)
 
 
 def default_cache_dir() -> Path:

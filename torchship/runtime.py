@@ -271,7 +271,7 @@ class Predictor:
         best = [0.0] + [float("inf")] * n  # best[j]: cheapest split of the first j rows
         start = [0] * (n + 1)
         for j in range(1, n + 1):
-            last = self._cost(pads[j - 1]) + 0.0
+            last = self._cost(pads[j - 1])
             for i in range(j - 1, max(-1, j - 1 - cap), -1):  # the batch is rows i..j-1, padded to pads[j-1]
                 if (j - i) * pads[j - 1] > self.options.max_batch_tokens and j - i > 1:
                     break

@@ -151,6 +151,15 @@ def _diffs(
     return diffs
 
 
+def run_format(predictor: Predictor, format: str | None) -> EagerFn:
+    """``format`` of ``predictor`` as ``inputs by name -> outputs by name``, like an eager reference."""
+
+    def run(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return predictor.run(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"), format=format)
+
+    return run
+
+
 def measure_tolerance(
     predictor: Predictor, reduced: EagerFn, reference: EagerFn, *, batch: int, grid: list[int], seed: int = 0
 ) -> dict[str, float]:
@@ -178,9 +187,7 @@ def check(
     grid = grid or predictor.buckets
     report = ParityReport(atol=atol, tolerance=tolerance or {})
     for seq, lengths, inputs in _cases(predictor, grid, batch, seed):
-        exported = predictor.run(
-            inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"), format=format
-        )
+        exported = run_format(predictor, format)(inputs)
         report.max_abs_diff[seq] = _diffs(predictor, exported, eager(inputs), inputs["attention_mask"])
         report.shapes[seq] = [len(lengths), max(lengths)]
     return report

@@ -28,10 +28,11 @@ test: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
-# The libtorch consumer: links the libtorch inside the torch wheel; installs cmake and nlohmann-json if missing.
-cpp: | $(PY)
-	@command -v cmake >/dev/null && test -f /usr/include/nlohmann/json.hpp || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake nlohmann-json3-dev >/dev/null)
+# The libtorch consumer: links the libtorch inside the torch wheel (installed into .venv first, so it works on a
+# fresh clone); installs cmake, nlohmann-json and OpenSSL's headers from Debian if missing.
+cpp: $(VENV)/.demo-installed
+	@command -v cmake >/dev/null && test -f /usr/include/nlohmann/json.hpp && test -f /usr/include/openssl/evp.h || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake nlohmann-json3-dev libssl-dev >/dev/null)
 	cmake -S cpp -B build/cpp -DCMAKE_BUILD_TYPE=Release \
 		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
 	cmake --build build/cpp -j2
@@ -40,7 +41,7 @@ cpp: | $(PY)
 # Regenerates docs/bench (report.json, report.md, plots) that the README shows.
 bench-report: $(VENV)/.test-installed
 	$(VENV)/bin/torchship export demo artifacts/minilm-all --format all --overwrite
-	$(VENV)/bin/torchship bench artifacts/minilm-all --texts ../shared/data/texts-public.jsonl \
+	$(VENV)/bin/torchship bench artifacts/minilm-all --texts data/texts.jsonl \
 		--shapes 1x16,1x128,8x128 --compare eager,onnxruntime --threads 2 --output docs/bench
 
 clean:

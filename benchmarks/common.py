@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 
 import torch
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "texts-public.jsonl"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "texts.jsonl"
 
 
 def pin_threads(threads: int) -> None:
@@ -27,16 +26,10 @@ def corpus(path: Path = CORPUS) -> list[str]:
 
 
 def gemm_peak(n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 GEMM throughput (FLOP/s) of torch.mm at n x n x n on the pinned threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    """Best fp32 GEMM throughput (FLOP/s) on the pinned threads: torchship bench's own measurement."""
+    from torchship.bench import gemm_peak as peak
+
+    return peak(n=n, repeats=repeats)
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
@@ -60,10 +53,7 @@ def rss_bytes() -> int:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    """CPU, cores, threads and versions: torchship bench's own record of the machine."""
+    from torchship.bench import machine_info
+
+    return machine_info()

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import torchship
-from torchship import registry
+from torchship import registry, tasks
 
 PUBLIC = [
     "ArtifactError",
@@ -73,7 +73,7 @@ def test_task_is_inferred_from_architectures(architectures: list[str], task: str
 
     config = Config()
     config.architectures = architectures  # type: ignore[attr-defined]
-    assert registry.infer_task(config) == task
+    assert tasks.infer(config.architectures).name == task
 
 
 def test_task_inference_failure_says_what_to_pass() -> None:
@@ -81,4 +81,4 @@ def test_task_inference_failure_says_what_to_pass() -> None:
         architectures = ["BertForPreTraining"]
 
     with pytest.raises(torchship.UnsupportedModelError, match="pass --task"):
-        registry.infer_task(Config())
+        tasks.infer(Config.architectures)

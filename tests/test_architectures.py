@@ -10,8 +10,10 @@ import torch
 
 import torchship
 from tests.families import FAMILIES, NER_LABELS, TASK_SUFFIX
-from torchship import registry
-from torchship.options import TASKS
+from torchship import registry, tasks
+from torchship.tasks import names as task_names
+
+TASKS = task_names()
 
 CELLS = [(family, task) for family in FAMILIES for task in TASKS]
 # The task-level test of each task; tools/support_matrix.py reads their results by these names.
@@ -67,7 +69,7 @@ def _eager(src: Path, task: str):
     import transformers
 
     spec = registry.get_spec(transformers.AutoConfig.from_pretrained(src).model_type)
-    auto = getattr(transformers, registry.TASK_AUTO_CLASS[task])
+    auto = getattr(transformers, tasks.get(task).auto_class)
     return auto.from_pretrained(src, attn_implementation=spec.attn_implementation).eval()
 
 

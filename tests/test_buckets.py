@@ -142,7 +142,7 @@ def test_dispatch_uses_the_smallest_bucket_and_counts(tiny_bert_artifact: Path) 
     assert counters.real_tokens == sum(lengths)
     expected_padded = sum(predictor.bucket_for(n) for n in lengths)
     assert counters.padded_tokens == expected_padded
-    cost = predictor._cost
+    cost = predictor.engine.cost
     assert counters.flops_executed == sum(cost(predictor.bucket_for(n)) for n in lengths)
     assert counters.flops_unpadded == sum(cost(n) for n in lengths)
     assert 1.0 < counters.flops_ratio < 3.0
@@ -156,4 +156,4 @@ def test_workers_give_the_same_results_in_input_order(demo_artifact: Path) -> No
     a, b = one(texts), two(texts)
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert one.counters.flops_executed == two.counters.flops_executed
-    assert len(one.plan_batches(one.encode(texts).lengths)) > 4  # several micro-batches really ran concurrently
+    assert len(one.engine.plan(one.encode(texts).lengths)) > 4  # several micro-batches really ran concurrently

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def test_auto_format_picks_the_fastest_recorded(all_formats: Path) -> None:
     for batch, seq in [(1, 5), (1, 30), (8, 8), (12, 32), (64, 8)]:
         grid = f"{1 if batch < 3 else 8 if batch < 16 else 32}x{8 if seq <= 8 else 32}"
         fastest = min(medians, key=lambda f: medians[f][grid])
-        assert predictor.select(batch, seq).name == fastest
+        assert predictor.engine.select(batch, seq).name == fastest
     texts = ["hello world", "a somewhat longer sentence about muppets and puppets", "x"]
     auto = predictor(texts)
     for fmt in ("torchscript", "aoti", "onnx"):
@@ -144,20 +145,22 @@ def test_calibrate_retimes_the_formats_here_and_routes_by_that(all_formats: Path
     recorded = _manifest(all_formats)["timings"]
     predictor = torchship.load(all_formats, calibrate=True)
     timings = predictor.timings
-    assert timings["source"] == "calibrated"
-    assert (timings["batch"], timings["seq"]) == (recorded["batch"], recorded["seq"])
-    assert timings["threads"] == torch.get_num_threads()
-    medians = timings["median_ms"]
+    assert timings is not None
+    assert timings.source == "calibrated"
+    assert (timings.batch, timings.seq) == (recorded["batch"], recorded["seq"])
+    assert timings.threads == torch.get_num_threads()
+    medians = timings.median_ms
     assert set(medians) == {"torchscript", "aoti", "onnx"}
     assert all(set(m) == set(recorded["median_ms"]["onnx"]) and min(m.values()) > 0 for m in medians.values())
     assert medians != recorded["median_ms"]  # measured now, not copied from the manifest
     for batch, seq in [(1, 5), (8, 32), (40, 8)]:
         grid = f"{1 if batch < 3 else 8 if batch < 16 else 32}x{8 if seq <= 8 else 32}"
-        assert predictor.select(batch, seq).name == min(medians, key=lambda f: medians[f][grid])
+        assert predictor.engine.select(batch, seq).name == min(medians, key=lambda f: medians[f][grid])
     assert predictor.counters.padded_tokens == 0  # timing runs are not counted as work
     assert _manifest(all_formats)["timings"] == recorded  # the artifact is not touched
     single = torchship.load(all_formats, format="onnx", calibrate=True)
-    assert single.timings == recorded  # one format: nothing to choose, nothing timed
+    assert single.timings is not None  # one format: nothing to choose, nothing timed
+    assert dataclasses.asdict(single.timings) == recorded
 
 
 def test_dynamic_formats_split_micro_batches_at_the_cheapest_cuts(all_formats: Path) -> None:
@@ -165,16 +168,16 @@ def test_dynamic_formats_split_micro_batches_at_the_cheapest_cuts(all_formats: P
     best of every contiguous split (brute force), and keeps the row and token budgets."""
     import itertools
 
-    predictor = torchship.load(all_formats, format="aoti", batch_size=4, max_batch_tokens=96)
+    predictor = torchship.load(all_formats, format="aoti", micro_batch_size=4, max_batch_tokens=96)
     lengths = np.array([3, 30, 9, 4, 17, 26, 5, 31])
-    jobs = predictor.plan_batches(lengths)
+    jobs = predictor.engine.plan(lengths)
     assert sorted(r for rows, _, _ in jobs for r in rows) == list(range(len(lengths)))
     for rows, padded, backend in jobs:
         assert len(rows) <= 4
         assert len(rows) == 1 or len(rows) * padded <= 96
         assert padded == backend.pad_length(int(max(lengths[rows])))
 
-    cost, call = predictor._cost, predictor._cost(16)
+    cost, call = predictor.engine.cost, predictor.engine.cost(16)
 
     def total(chunks: list[list[int]]) -> float:
         return sum(len(c) * cost(predictor.backends["aoti"].pad_length(max(c))) + call for c in chunks)

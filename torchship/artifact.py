@@ -12,12 +12,14 @@ An artifact is a directory::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,96 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 
-Manifest = dict[str, Any]
+
+@dataclass
+class TokenizerInfo:
+    dir: str
+    pad_token_id: int
+    mask_token: str | None = None
+    cls_token: str | None = None
+    sep_token: str | None = None
+    do_lower_case: bool | None = None
+    padding: str = "torchship buckets (tokenizer.json padding disabled at load)"
+
+
+@dataclass
+class FormatEntry:
+    """One loadable unit of a format: a static bucket (``seq``, ``method``) or a dynamic file (``max_seq``)."""
+
+    file: str
+    seq: int | None = None
+    method: str | None = None
+    batch: int | None = None
+    traced_batch: int | None = None
+    max_batch: int | None = None
+    max_seq: int | None = None
+    pad_multiple: int | None = None
+    parity: dict[str, Any] | None = None
+    fusion: str | None = None
+
+
+@dataclass
+class Timings:
+    """Each format's median milliseconds on a (batch, seq) grid: how the runtime routes micro-batches."""
+
+    batch: list[int]
+    seq: list[int]
+    threads: int
+    median_ms: dict[str, dict[str, float]]
+    source: str = "export"
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``, typed. ``read_manifest`` is its one reader and ``write_manifest`` its one writer."""
+
+    task: str
+    architecture: dict[str, str]
+    inputs: list[str]
+    outputs: list[str]
+    output_axes: dict[str, list[str | None]]
+    max_length: int
+    buckets: list[int]
+    tokenizer: TokenizerInfo
+    formats: dict[str, list[FormatEntry]] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    torchship_version: str = ""
+    torch_version: str = ""
+    transformers_version: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    device: str = "cpu"
+    inference_only: bool = True
+    tied_weights: list[list[str]] = field(default_factory=list)
+    pooling: dict[str, Any] | None = None
+    labels: dict[str, str] | None = None
+    problem_type: str | None = None
+    plan: dict[str, Any] | None = None
+    precision: dict[str, Any] | None = None
+    timings: Timings | None = None
+    export: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, path: Path) -> Manifest:
+        try:
+            fields = {**data}
+            fields["tokenizer"] = TokenizerInfo(**data["tokenizer"])
+            fields["formats"] = {
+                name: [FormatEntry(**entry) for entry in entries] for name, entries in data["formats"].items()
+            }
+            if data.get("timings"):
+                fields["timings"] = Timings(**data["timings"])
+            return cls(**fields)
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{path} is not a valid manifest ({e}); export the artifact again", path=path) from e
+
+    def sequence_axes(self) -> dict[str, int]:
+        """Output name -> its sequence axis, for outputs that have one."""
+        return {name: axes.index("seq") for name, axes in self.output_axes.items() if "seq" in axes}
 
 
 def sha256_file(path: Path) -> str:
@@ -48,9 +139,10 @@ def checksum_tree(root: Path) -> dict[str, str]:
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    manifest = {**manifest, "files": checksum_tree(root)}
+    """Hash every file under ``root`` into ``manifest.files`` and write it (atomically): once per export."""
+    manifest.files = checksum_tree(root)
     tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=False) + "\n")
     os.replace(tmp, root / MANIFEST)
 
 
@@ -68,22 +160,22 @@ def read_manifest(root: Path) -> Manifest:
             path=root,
         )
     try:
-        manifest: Manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path} is unreadable ({e}); export the artifact again", path=root) from e
-    version = manifest.get("schema_version")
+    version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise ArtifactError(
             f"{path} has schema_version {version!r}, this torchship reads {SCHEMA_VERSION}; "
-            "export the artifact again with this version",
+            "export the artifact again with this version, or use the torchship that wrote it",
             path=root,
         )
-    return manifest
+    return Manifest.from_json(data, path=path)
 
 
 def verify(root: Path, manifest: Manifest) -> None:
     """Check every file the manifest lists against its sha256."""
-    files = manifest.get("files") or {}
+    files = manifest.files
     if not files:
         raise ArtifactError(f"{root / MANIFEST} lists no files; export the artifact again", path=root)
     for rel, expected in files.items():

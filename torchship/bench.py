@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .device import DTYPES
+from .engine import Counters
 from .errors import OptionsError
 from .flops import flops
 from .runtime import Predictor, load
@@ -122,7 +123,7 @@ def plain_onnxruntime(model: torch.nn.Module, input_names: tuple[str, ...], path
     """What a user gets without torchship: ``torch.onnx.export`` of the model and a default ORT session."""
     import onnxruntime as ort
 
-    from .formats.onnx import export as onnx_export
+    from .formats.onnx import export_graph as onnx_export
     from .wrap import ExportWrapper
 
     out = model(**{n: torch.ones(1, 4, dtype=torch.long) for n in input_names}, return_dict=True)
@@ -152,13 +153,13 @@ def _runner(predictor: Predictor) -> RunFn:
 
 def _contenders(predictor: Predictor, options: BenchOptions, notes: list[str], work: Path) -> dict[str, RunFn]:
     contenders: dict[str, RunFn] = {}
-    for fmt in predictor.manifest["formats"]:
+    for fmt in predictor.manifest.formats:
         forced = load(predictor.root, format=fmt, threads=options.threads, verify=False)
         contenders[f"torchship {fmt}"] = _runner(forced)
     wanted = set(options.compare)
     if not wanted:
         return contenders
-    source = Path(predictor.manifest["source"]["path"])
+    source = Path(predictor.manifest.source["path"])
     if not (source / "config.json").is_file():
         notes.append(f"baselines {sorted(wanted)} skipped: the source model {source} is not on this machine")
         return contenders
@@ -170,9 +171,7 @@ def _contenders(predictor: Predictor, options: BenchOptions, notes: list[str], w
         return contenders
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    from .registry import TASK_AUTO_CLASS
-
-    auto = getattr(transformers, TASK_AUTO_CLASS[predictor.task])
+    auto = getattr(transformers, predictor.task_def.auto_class)
     model = auto.from_pretrained(source).eval()
     names = predictor.input_names
     if "eager" in wanted:
@@ -219,11 +218,11 @@ def _measure(
 ) -> dict[str, Any]:
     config = json.loads((predictor.root / "config.json").read_text())
     pooler = "pooler_output" in predictor.output_names
-    dtype = predictor.manifest.get("dtype", "float32")
+    dtype = predictor.manifest.dtype
     if dtype not in DTYPES:  # int8: ONNX Runtime's int8 kernels, set against the float32 peak
         notes.append(f"{dtype}: % of peak is against the float32 GEMM peak, so it can pass 100 %")
         dtype = "float32"
-    peak = gemm_peak(device=predictor.device, dtype=DTYPES[dtype])
+    peak = gemm_peak(device=predictor.engine.device, dtype=DTYPES[dtype])
     generator = torch.Generator().manual_seed(0)
 
     def record(series: str, name: str, batch: int, seq: int) -> dict[str, Any]:
@@ -252,7 +251,7 @@ def _measure(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "artifact": str(predictor.root),
         "task": predictor.task,
-        "formats": list(predictor.manifest["formats"]),
+        "formats": list(predictor.manifest.formats),
         "machine": machine_info(),
         "gemm_peak_gflops": peak / 1e9,
         "measurements": measurements,
@@ -268,22 +267,22 @@ def _measure(
 
 def _corpus(predictor: Predictor, options: BenchOptions) -> dict[str, Any]:
     from .plan import read_lengths
+    from .textfile import read_texts
 
     assert options.texts is not None
-    texts = [json.loads(line)["text"] if line.lstrip().startswith("{") else line
-             for line in options.texts.read_text().splitlines() if line.strip()]  # fmt: skip
+    texts = read_texts(options.texts)
     lengths = read_lengths(options.texts, predictor.encoder.tokenizer)
     rows = []
-    for fmt in [None, *predictor.manifest["formats"]]:
+    for fmt in [None, *predictor.manifest.formats]:
         p = load(predictor.root, format=fmt, threads=options.threads, verify=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             p(texts)  # warm-up
-            p.counters.reset()
+            c = Counters()  # counts the timed run only
+            p.engine.hooks.append(c)
             started = time.perf_counter()
             p(texts)
             seconds = time.perf_counter() - started
-        c = p.counters
         rows.append({
             "contender": "torchship (fastest per shape)" if fmt is None else f"torchship {fmt}",
             "seconds": seconds, "texts_per_s": len(texts) / seconds,

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TorchshipError
-from .options import DEFAULT_SEQ_LENGTHS, DTYPES, FORMATS, TASKS, parse_int_list
+from .options import DEFAULT_SEQ_LENGTHS, DTYPES, parse_int_list
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import formats, tasks
+
     parser = argparse.ArgumentParser(
         prog="torchship", description="Export Hugging Face encoders to validated artifacts and run them."
     )
@@ -26,13 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to an artifact directory")
     p.add_argument("model", metavar="MODEL", help="checkpoint directory, cached hub id, or 'demo'")
     p.add_argument("output_dir", metavar="OUTPUT_DIR")
-    p.add_argument("--task", default="auto", choices=["auto", *TASKS])
-    p.add_argument("--format", default="torchscript", help=f"comma list of: {', '.join(FORMATS)}; or all")
+    p.add_argument("--task", default="auto", choices=["auto", *tasks.names()])
+    p.add_argument("--format", default="torchscript", help=f"comma list of: {', '.join(formats.names())}; or all")
     p.add_argument(
         "--seq-lengths", default=",".join(map(str, DEFAULT_SEQ_LENGTHS)), help="traced sequence-length buckets"
     )
     p.add_argument("--batch-size", type=int, default=2, help="batch the trace is taken at (batch stays dynamic)")
-    p.add_argument("--atol", type=float, default=1e-4, help="max abs diff allowed against the eager model")
+    p.add_argument(
+        "--atol", type=float, default=None, help="max abs diff allowed against the eager model (default: the family's)"
+    )
     p.add_argument("--max-length", type=int, default=None, help="cap on the longest bucket")
     p.add_argument(
         "--buckets", default="manual", choices=["manual", "auto"], help="auto: plan buckets from --lengths-from"
@@ -51,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--file", type=Path, help="read texts from a file: one per line, or JSON lines with 'text'")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--truncation", default="warn", choices=["warn", "error"])
-    p.add_argument("--top-k", type=int, default=None, help="fill-mask / text-classification candidates")
+    _task_options(p)
 
     p = sub.add_parser("plan", help="plan FLOP-optimal sequence-length buckets from a length sample")
     p.add_argument("--lengths-from", type=Path, required=True, help="JSON lines of texts, text lines, or lengths")
@@ -120,6 +124,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _task_options(p: argparse.ArgumentParser) -> None:
+    """One flag per task option, from the tasks' own Param declarations (defaults and help included)."""
+    from . import tasks
+
+    seen: dict[str, list[str]] = {}
+    for task in tasks.all_tasks():
+        for param in task.params:
+            seen.setdefault(param.flag, []).append(f"{task.name}: {param.help} (default {param.default})")
+    for task in tasks.all_tasks():
+        for param in task.params:
+            if param.flag in seen:
+                kind = {"choices": list(param.choices)} if param.kind == "choice" else {"type": int}
+                p.add_argument(param.flag, dest=param.name, default=None, help="; ".join(seen.pop(param.flag)), **kind)
+
+
+def _task_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The task options given on the command line (unset ones keep the task's defaults)."""
+    from . import tasks
+
+    names = {p.name for t in tasks.all_tasks() for p in t.params}
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -163,21 +190,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
-    texts = list(args.texts)
-    if args.file is not None:
-        if not args.file.is_file():
-            raise TorchshipError(f"--file {args.file} does not exist; give a file of texts, one per line or JSON lines")
-        for i, line in enumerate(args.file.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise TorchshipError(f"{args.file}:{i}: expected a JSON object with a 'text' field ({e})") from e
-            else:
-                texts.append(line)
-    return texts
+    from .textfile import read_texts
+
+    return list(args.texts) + (read_texts(args.file) if args.file is not None else [])
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -188,7 +203,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     texts = _read_texts(args)
     predictor = load(args.artifact, truncation=args.truncation)
-    kwargs: dict[str, Any] = {} if args.top_k is None else {"top_k": args.top_k}
+    kwargs = _task_kwargs(args)
     if not texts:
         predictor(texts)  # raises the InputError that names the problem
     chunk = 256  # a progress bar over chunks; each chunk is still sorted into buckets inside
@@ -197,7 +212,7 @@ def _predict(args: argparse.Namespace) -> int:
         predictor(texts[i : i + chunk], **kwargs)
         for i in tqdm(starts, desc="predict", unit="chunk", disable=len(starts) < 2, file=sys.stderr)
     ]
-    if predictor.task == "feature-extraction":
+    if predictor.task_def.embeds:
         results = np.concatenate(parts)
         rows: list[Any] = results.tolist()
         if args.json:
@@ -207,7 +222,7 @@ def _predict(args: argparse.Namespace) -> int:
                 head = ", ".join(f"{x:+.4f}" for x in row[:6])
                 print(f"{text[:50]!r:54} [{head}, ...] dim={len(row)}")
         return 0
-    outputs = [r for part in parts for r in part]
+    outputs = [predictor.task_def.to_json(r) for part in parts for r in part]
     print(json.dumps(outputs, indent=None if args.json else 2))
     return 0
 
@@ -310,57 +325,57 @@ def _print_info(path: str | Path) -> None:
 
     m = read_manifest(Path(path))
     print(f"artifact      {path}")
-    print(f"source        {m['source']['model']}")
-    print(f"task          {m['task']} ({m['architecture']['class']}, model_type {m['architecture']['model_type']})")
-    print(f"inputs        {', '.join(m['inputs'])}")
-    print(f"outputs       {', '.join(m['outputs'])}")
-    print(f"dtype         {m['dtype']} on {m['device']}   max_length {m['max_length']}")
-    print(f"inference     only (tied weights cloned: {len(m['tied_weights'])} group(s))")
-    if m.get("precision"):
-        tol = ", ".join(f"{k} {v:.2e}" for k, v in m["precision"]["tolerance"].items())
+    print(f"source        {m.source['model']}")
+    print(f"task          {m.task} ({m.architecture['class']}, model_type {m.architecture['model_type']})")
+    print(f"inputs        {', '.join(m.inputs)}")
+    print(f"outputs       {', '.join(m.outputs)}")
+    print(f"dtype         {m.dtype} on {m.device}   max_length {m.max_length}")
+    print(f"inference     only (tied weights cloned: {len(m.tied_weights)} group(s))")
+    if m.precision:
+        tol = ", ".join(f"{k} {v:.2e}" for k, v in m.precision["tolerance"].items())
         print(f"precision     measured against float32: {tol}")
-    if m.get("plan"):
-        expected = m["plan"]["expected"]["planned"]
+    if m.plan:
+        expected = m.plan["expected"]["planned"]
         print(
-            f"plan          buckets planned from {m['plan']['lengths_from']}: expected padding waste "
+            f"plan          buckets planned from {m.plan['lengths_from']}: expected padding waste "
             f"{expected['waste']:.1%}, FLOPs {expected['flops_ratio']:.3f}x unpadded"
         )
-    if m.get("pooling"):
-        print(f"pooling       {m['pooling']['mode']}, normalize={m['pooling']['normalize']}")
-    seconds = (m.get("export") or {}).get("format_seconds", {})
-    for fmt, entries in m["formats"].items():
+    if m.pooling:
+        print(f"pooling       {m.pooling['mode']}, normalize={m.pooling['normalize']}")
+    seconds = m.export.get("format_seconds", {})
+    for fmt, entries in m.formats.items():
         took = f", exported in {seconds[fmt]:.1f} s" if fmt in seconds else ""
         for e in entries:
-            parity = e.get("parity") or {}
+            parity = e.parity or {}
             worst = max(parity.get("max_abs_diff", {}).values(), default=float("nan"))
             status = "ok" if parity.get("passed") else "FAILED"
-            if e["seq"] is None:
-                shape = f"dynamic batch <= {e['max_batch']}, seq <= {e['max_seq']} (pad to x{e['pad_multiple']})"
-                print(f"{fmt:13} {e['file']}  {shape}  parity {status} max {worst:.2e}{took}")
+            if e.seq is None:
+                shape = f"dynamic batch <= {e.max_batch}, seq <= {e.max_seq} (pad to x{e.pad_multiple})"
+                print(f"{fmt:13} {e.file}  {shape}  parity {status} max {worst:.2e}{took}")
             else:
                 if e is entries[0]:
                     print(f"{fmt:13} {len(entries)} bucket(s), batch dynamic{took}")
-                print(f"  seq {e['seq']:>5}  {e['file']}:{e['method']}  parity {status} max {worst:.2e}")
-    timings = m.get("timings")
-    if timings and len(m["formats"]) > 1:
-        medians = timings["median_ms"]
-        print(f"timings (median ms, {timings['threads']} threads; the runtime picks the fastest per shape):")
-        for batch in timings["batch"]:
-            for seq in timings["seq"]:
+                print(f"  seq {e.seq:>5}  {e.file}:{e.method}  parity {status} max {worst:.2e}")
+    timings = m.timings
+    if timings and len(m.formats) > 1:
+        medians = timings.median_ms
+        print(f"timings (median ms, {timings.threads} threads; the runtime picks the fastest per shape):")
+        for batch in timings.batch:
+            for seq in timings.seq:
                 key = f"{batch}x{seq}"
                 row = {fmt: medians[fmt][key] for fmt in medians if key in medians[fmt]}
                 best = min(row, key=row.__getitem__)
                 cells = "  ".join(f"{fmt} {ms:8.2f}" for fmt, ms in row.items())
                 print(f"  {key:>8}  {cells}  -> {best}")
-    size = sum((Path(path) / f).stat().st_size for f in m["files"])
-    print(f"files         {len(m['files'])}, {size / 1e6:.1f} MB, sha256-checked on load")
+    size = sum((Path(path) / f).stat().st_size for f in m.files)
+    print(f"files         {len(m.files)}, {size / 1e6:.1f} MB, sha256-checked on load")
 
 
 def _info(args: argparse.Namespace) -> int:
     if args.json:
         from .artifact import read_manifest
 
-        print(json.dumps(read_manifest(Path(args.artifact)), indent=2))
+        print(json.dumps(read_manifest(Path(args.artifact)).to_json(), indent=2))
     else:
         _print_info(args.artifact)
     return 0

@@ -9,15 +9,14 @@ is kept in the output with a null embedding and the reason in ``error``.
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import textfile
 from .errors import InputError, OptionsError
 
 INSTALL_ARROW = "pip install 'torchship[embed]'"
@@ -59,17 +58,11 @@ def read_rows(path: Path, options: EmbedOptions) -> list[Row]:
     suffix = path.suffix.lower()
     records: list[tuple[str, Any]]  # (where, record)
     if suffix == ".txt":
-        records = [(f"{path}:{i}", {options.id_field: i, options.text_field: line})
-                   for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]  # fmt: skip
+        field = options.text_field
+        records = [(where, {options.id_field: int(where.rsplit(":", 1)[1]), field: rec[field]})
+                   for where, rec in textfile.records(path, text_field=field, plain=True)]  # fmt: skip
     elif suffix == ".jsonl":
-        records = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append((f"{path}:{i}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                records.append((f"{path}:{i}", e))
+        records = list(textfile.records(path, text_field=options.text_field))
     elif suffix == ".parquet":
         pq = _pyarrow_parquet()
         table = pq.read_table(path)
@@ -132,12 +125,14 @@ def embed_file(artifact: str | Path, input_path: Path, output_path: Path, option
 
 
 def _embed_batch(predictor: Any, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
-    """Embeddings and per-text truncation flags; truncation is counted, so its warning is not repeated."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        encoded = predictor.encode(texts)
-    vectors = predictor.predict_encoded(texts, encoded)
-    return np.stack(vectors), list(encoded.truncated)
+    """Embeddings and per-text truncation flags (counted and reported, not warned about)."""
+    works = predictor.works(texts, {})
+    return np.stack(predictor.run_works(works, {})), [bool(w.encoded.truncated[0]) for w in works]
+
+
+def _check_task(predictor: Any) -> None:
+    if not predictor.task_def.embeds:
+        raise OptionsError(f"torchship embed needs a feature-extraction artifact; this one is {predictor.task}")
 
 
 def _embed_local(artifact: str | Path, texts: list[str], options: EmbedOptions) -> tuple[np.ndarray, list[bool], int]:
@@ -146,8 +141,7 @@ def _embed_local(artifact: str | Path, texts: list[str], options: EmbedOptions) 
     from .runtime import load
 
     predictor = load(artifact)
-    if predictor.task != "feature-extraction":
-        raise OptionsError(f"torchship embed needs a feature-extraction artifact; this one is {predictor.task}")
+    _check_task(predictor)
     out, truncated = [], []
     for start in tqdm(range(0, len(texts), options.batch_size), disable=not options.progress, unit="batch"):
         vectors, cut = _embed_batch(predictor, texts[start : start + options.batch_size])
@@ -179,8 +173,7 @@ def _embed_ray(artifact: str | Path, texts: list[str], options: EmbedOptions) ->
     from .runtime import load
 
     predictor = load(artifact)
-    if predictor.task != "feature-extraction":
-        raise OptionsError(f"torchship embed needs a feature-extraction artifact; this one is {predictor.task}")
+    _check_task(predictor)
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False)

@@ -12,8 +12,10 @@ Every error subclasses ``TorchshipError`` and a builtin, so callers can catch ei
     │   ├── NotAnArtifactError                    no manifest.json
     │   ├── MissingFileError                      a file the manifest lists is gone
     │   └── ChecksumError                         a file's sha256 differs from the manifest
-    └── InputError(ValueError)                    bad input handed to a Predictor
-        └── SequenceTooLongError                  a text exceeds the longest traced length
+    ├── InputError(ValueError)                    bad input handed to a Predictor
+    │   ├── SequenceTooLongError                  a text exceeds the longest traced length
+    │   └── TaskMismatchError                     inputs of another task (question= for a classifier)
+    └── QueueFullError(RuntimeError)              the server's queue is full; retry shortly
 
 Each message names the bad value and says how to fix it.
 """
@@ -81,3 +83,11 @@ class InputError(TorchshipError, ValueError):
 
 class SequenceTooLongError(InputError):
     """A text is longer than the longest traced sequence length and truncation is off."""
+
+
+class TaskMismatchError(InputError):
+    """The inputs belong to another task: ``question=`` for a classifier, positional texts for QA."""
+
+
+class QueueFullError(TorchshipError, RuntimeError):
+    """More items are waiting than the server's ``max_queue`` allows."""

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import json
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from . import __version__, artifact, device, plan, registry, source, validate
+from . import __version__, artifact, device, formats, plan, registry, source, tasks, validate
 from .errors import ArtifactError, ExportError, OptionsError, UnsupportedModelError
-from .formats import torchscript
 from .options import ExportOptions, LoadOptions
 from .runtime import Predictor
 from .timing import time_formats
@@ -48,10 +46,8 @@ def export(model: str | Path, output_dir: str | Path, options: ExportOptions | N
             UserWarning,
             stacklevel=2,
         )
-    if "neuron" in options.formats:
-        from .formats import neuron
-
-        neuron.require_sdk()
+    for fmt in options.formats:
+        formats.get(fmt).require()
     src = source.resolve(model)
     with (
         _quiet_transformers(),
@@ -61,15 +57,16 @@ def export(model: str | Path, output_dir: str | Path, options: ExportOptions | N
         loaded = load_eager(src, options.task)
         steps.update()
         with artifact.atomic_dir(output_dir, overwrite=options.overwrite) as tmp:
-            _build(tmp, src, loaded, options, steps)
-            manifest = artifact.read_manifest(tmp)
-            manifest["export"]["seconds"] = round(time.perf_counter() - started, 3)
-            artifact.write_manifest(tmp, manifest)
+            manifest = _build(tmp, src, loaded, options, steps)
+            manifest.export["seconds"] = round(time.perf_counter() - started, 3)
+            artifact.write_manifest(tmp, manifest)  # hashed and written once
     return output_dir
 
 
-def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: ExportOptions, steps: tqdm) -> None:
-    """Write tokenizer, traced model and manifest into ``tmp``, then validate what was written."""
+def _build(
+    tmp: Path, src: source.ModelSource, loaded: EagerModel, options: ExportOptions, steps: tqdm
+) -> artifact.Manifest:
+    """Write tokenizer, config and every format into ``tmp``; validate them; return the manifest to write."""
     config, spec, task = loaded.config, loaded.spec, loaded.task
     st = src.sentence_transformers()
     input_names = spec.input_names(config)
@@ -80,15 +77,16 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
     _check_expected_ties(spec, tied)
     output_axes = _output_axes(loaded.model, input_names)
     reference = loaded.model  # float32 on CPU: what reduced precision is measured against
-    quantized = options.dtype == "int8"  # ONNX Runtime's quantization of the float32 graph, after export
+    quantized = options.dtype == "int8"  # a format's own rewrite of the float32 graph, after export
     target, dtype = device.resolve(options.device), device.dtype_of("float32" if quantized else options.dtype)
     model = reference if (target.type, dtype) == ("cpu", torch.float32) else copy.deepcopy(reference).to(target, dtype)
     output_names = tuple(output_axes)
-    max_length = _max_length(config, st, options)
+    max_length = _max_length(config, spec, st, options)
+    atol = options.atol if options.atol is not None else spec.atol
     bucket_plan: dict[str, Any] | None = None
     if options.buckets == "auto":
         assert options.lengths_from is not None  # ExportOptions checks this
-        info = plan.ModelInfo(config.to_dict(), tokenizer, task, max_length, "pooler_output" in output_names)
+        info = plan.ModelInfo(config.to_dict(), tokenizer, task.name, max_length, "pooler_output" in output_names)
         buckets, result, hist = plan.make_plan(
             plan.read_lengths(options.lengths_from, tokenizer), info, options.max_buckets
         )
@@ -99,31 +97,28 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
             "expected": result.to_json(),
         }
     else:
-        buckets = sorted({min(s, max_length) for s in options.seq_lengths})
-    manifest: dict[str, Any] = {
-        "schema_version": artifact.SCHEMA_VERSION,
-        "torchship_version": __version__,
-        "torch_version": torch.__version__,
-        "transformers_version": loaded.transformers_version,
-        "source": {"model": src.name, "path": str(src.path), "weights_sha256": src.weights_sha256()},
-        "task": task,
-        "architecture": {"model_type": config.model_type, "class": type(loaded.model).__name__},
-        "inputs": list(input_names),
-        "outputs": list(output_names),
-        "output_axes": output_axes,
-        "dtype": options.dtype,
-        "device": options.device,
-        "inference_only": True,
-        "tied_weights": tied,
-        "max_length": buckets[-1],
-        "buckets": buckets,
-        "tokenizer": tokenizer_info,
-        "pooling": _pooling(st) if task == "feature-extraction" else None,
-        "labels": _labels(config) if task in ("text-classification", "token-classification") else None,
-        "problem_type": getattr(config, "problem_type", None),
-        "plan": bucket_plan,
-        "formats": {},
-    }
+        # every format covers max_length: a --max-length above the largest bucket is a bucket of its own
+        buckets = sorted({min(s, max_length) for s in options.seq_lengths} | {max_length})
+    manifest = artifact.Manifest(
+        task=task.name,
+        architecture={"model_type": config.model_type, "class": type(loaded.model).__name__},
+        inputs=list(input_names),
+        outputs=list(output_names),
+        output_axes=output_axes,
+        max_length=buckets[-1],
+        buckets=buckets,
+        tokenizer=tokenizer_info,
+        torchship_version=__version__,
+        torch_version=torch.__version__,
+        transformers_version=loaded.transformers_version,
+        source={"model": src.name, "path": str(src.path), "weights_sha256": src.weights_sha256()},
+        dtype=options.dtype,
+        device=options.device,
+        tied_weights=tied,
+        problem_type=getattr(config, "problem_type", None),
+        plan=bucket_plan,
+        **task.export_info(config, st),
+    )
     wrapper = ExportWrapper(model, input_names, output_names).eval()
     examples = {}
     for seq in buckets:  # batch_size rows, padding inside the batch; row 0 fills the bucket
@@ -131,168 +126,80 @@ def _build(tmp: Path, src: source.ModelSource, loaded: EagerModel, options: Expo
         lengths[0] = seq
         encoded = validate.rows_at_lengths(tokenizer, lengths, seed=1)
         rows = list(range(len(lengths)))
-        padded = pad_rows(encoded, rows, seq, input_names=input_names, pad_token_id=tokenizer_info["pad_token_id"])
+        padded = pad_rows(encoded, rows, seq, input_names=input_names, pad_token_id=tokenizer_info.pad_token_id)
         examples[seq] = tuple(padded[name].to(target) for name in input_names)
+    job = formats.ExportJob(
+        wrapper=wrapper, examples=examples, input_names=input_names, output_names=output_names,
+        max_length=buckets[-1], out=tmp,
+        cache=(options.cache_dir or default_cache_dir()) / "aoti" / _cache_key(manifest, config),
+        options=options, model_type=config.model_type, ort_fusion=spec.ort_fusion,
+        num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+        hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+    )  # fmt: skip
 
     format_seconds: dict[str, float] = {}
     seen: list[warnings.WarningMessage] = []
-    entries: dict[str, list[dict[str, Any]]] = {}
-    cache_key = _cache_key(manifest, config)
-    for fmt in options.formats:
-        steps.set_postfix_str(f"{fmt}: exporting")
+    for name in options.formats:
+        steps.set_postfix_str(f"{name}: exporting")
         started = time.perf_counter()
-        if fmt == "torchscript":
-            seen += torchscript.export(wrapper, examples, tmp / torchscript.FILE)
-            entries[fmt] = _entries(buckets, options, None)
-        elif fmt == "neuron":
-            from .formats import neuron
-
-            seen += neuron.export(wrapper, examples, tmp)
-            entries[fmt] = [
-                {**e, "file": neuron.file_for(e["seq"]), "method": "forward"} for e in _entries(buckets, options, None)
-            ]
-        else:
-            cache = (options.cache_dir or default_cache_dir()) / "aoti" / f"{cache_key}.pt2"
-            seen += _export_dynamic(fmt, wrapper, _dynamic_example(examples), max_length, tmp, cache)
-            entries[fmt] = [_dynamic_entry(fmt, max_length)]
-        format_seconds[fmt] = round(time.perf_counter() - started, 3)
-    manifest["formats"] = entries
-    artifact.write_manifest(tmp, manifest)
+        fmt = formats.get(name)
+        seen += fmt.export(job)
+        manifest.formats[name] = fmt.entries(job)
+        format_seconds[name] = round(time.perf_counter() - started, 3)
     steps.update()
 
-    staging = Predictor(tmp, artifact.read_manifest(tmp), LoadOptions(verify=False))
+    staging = Predictor(tmp, manifest, LoadOptions(verify=False))
     batch = options.batch_size + 1
     reference_fn = eager_fn(ExportWrapper(reference, input_names, output_names).eval())
     tolerance: dict[str, float] = {}
     if model is not reference:  # measured, not guessed: the eager model in this dtype against float32
         tolerance = validate.measure_tolerance(staging, eager_fn(wrapper), reference_fn, batch=batch, grid=buckets)
-        manifest["precision"] = {
+        manifest.precision = {
             "dtype": options.dtype,
             "device": options.device,
             "reference": "the eager model in float32 on cpu",
             "tolerance": tolerance,
             "rule": "each output's max abs diff from the float32 reference <= atol + 1.5 x tolerance",
         }
-    check = functools.partial(
-        validate.check, staging, reference_fn, batch=batch, atol=options.atol, grid=buckets, tolerance=tolerance
-    )
     notes: dict[str, str] = {}
-    for fmt in options.formats:
-        steps.set_postfix_str(f"{fmt}: validating parity")
-        report = check(format=fmt)
-        report.raise_on_failure(fmt)
-        if fmt == "torchscript":
-            entries[fmt] = _entries(buckets, options, report)
-        else:
-            entries[fmt][0]["parity"] = report.summary()
-        if fmt == "onnx":
-            notes["onnx_fusion"] = _try_onnx_fusion(tmp, staging, check, config, entries["onnx"][0])
-        if fmt == "onnx" and quantized:
-            steps.set_postfix_str("onnx: quantizing to int8")
-            manifest["precision"] = _quantize_onnx(tmp, staging, reference_fn, batch, buckets, options.atol)
-            report = check(format=fmt, tolerance=manifest["precision"]["tolerance"])
-            report.raise_on_failure(fmt)
-            entries[fmt][0]["parity"] = report.summary()
+    for name in options.formats:
+        steps.set_postfix_str(f"{name}: validating parity")
+        fmt = formats.get(name)
+
+        def check(tol: dict[str, float] | None = None, name: str = name) -> validate.ParityReport:
+            return validate.check(
+                staging, reference_fn, batch=batch, atol=atol, grid=buckets, tolerance=tol or tolerance, format=name
+            )
+
+        def measure(name: str = name) -> dict[str, float]:
+            ran = validate.run_format(staging, name)
+            return validate.measure_tolerance(staging, ran, reference_fn, batch=batch, grid=buckets, seed=1)
+
+        def use(backend: formats.Backend, name: str = name) -> None:
+            staging.engine.backends[name] = backend
+
+        report = check()
+        report.raise_on_failure(name)
+        entries = manifest.formats[name]
+        for entry in entries:  # static formats: a record per bucket; dynamic ones: one over every shape
+            entry.parity = report.entry(entry.seq) if entry.seq is not None else report.summary()
+        refined = fmt.refine(job, entries[0], formats.Refiner(use, lambda tolerance=None, c=check: c(tolerance),
+                                                               measure))  # fmt: skip
+        notes.update(refined.get("notes", {}))
+        if "precision" in refined:
+            manifest.precision = refined["precision"]
     steps.set_postfix_str("timing formats")
-    manifest["timings"] = time_formats(staging, buckets)
-    manifest["formats"] = entries
-    manifest["export"] = {
+    manifest.timings = time_formats(staging.engine, buckets) if len(options.formats) > 1 else None
+    manifest.export = {
         "options": {k: _jsonable(v) for k, v in asdict(options).items()},
         "seconds": None,
         "format_seconds": format_seconds,
         "notes": notes,
         "warnings": summarize_warnings(seen),
     }
-    artifact.write_manifest(tmp, manifest)
     steps.update()
     steps.set_postfix_str("done")
-
-
-def _dynamic_example(examples: dict[int, tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    """A trace example at batch >= 2 and seq >= 16, so neither dynamic dim specializes to 0 or 1."""
-    seq = min((s for s in examples if s >= 16), default=max(examples))
-    example = examples[seq]
-    return example if example[0].shape[0] >= 2 else tuple(torch.cat([x, x]) for x in example)
-
-
-def _export_dynamic(
-    fmt: str, wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], max_length: int, tmp: Path, cache: Path
-) -> list[warnings.WarningMessage]:
-    if fmt == "aoti":
-        from .formats import aoti
-
-        return aoti.export(wrapper, example, wrapper.input_names, max_length, tmp / aoti.FILE, cache)
-    from .formats import onnx
-
-    return onnx.export(wrapper, example, wrapper.input_names, wrapper.output_names, max_length, tmp / onnx.FILE)
-
-
-def _dynamic_entry(fmt: str, max_length: int) -> dict[str, Any]:
-    from .formats import MAX_BATCH, PAD_MULTIPLE, aoti, onnx
-
-    file = aoti.FILE if fmt == "aoti" else onnx.FILE
-    return {
-        "file": file,
-        "batch": None,
-        "seq": None,
-        "max_batch": MAX_BATCH,
-        "max_seq": max_length,
-        "pad_multiple": PAD_MULTIPLE,
-        "parity": None,
-    }
-
-
-def _try_onnx_fusion(
-    tmp: Path, staging: Predictor, check: Callable[..., validate.ParityReport], config: Any, entry: dict[str, Any]
-) -> str:
-    """Apply ONNX Runtime's transformer fusion if it keeps parity; return what happened."""
-    from .formats import onnx
-
-    fused = tmp / "model.fused.onnx.tmp"
-    heads = int(getattr(config, "num_attention_heads", 0) or 0)
-    hidden = int(getattr(config, "hidden_size", 0) or 0)
-    why = onnx.fuse(tmp / onnx.FILE, fused, model_type=config.model_type, num_heads=heads, hidden_size=hidden)
-    if why is not None:
-        return f"not fused: {why}"
-    plain = staging.backends["onnx"]
-    staging.backends["onnx"] = onnx.load(fused, staging.max_length, threads=None)
-    report = check(format="onnx")
-    if report.failures():
-        staging.backends["onnx"] = plain
-        fused.unlink()
-        return f"not fused: the fused graph drifts to {max(report.failures().values()):.2e} > atol {report.atol:g}"
-    fused.replace(tmp / onnx.FILE)
-    entry["parity"] = report.summary()
-    entry["fusion"] = "onnxruntime.transformers"
-    return "fused with onnxruntime.transformers.optimizer; parity kept"
-
-
-def _quantize_onnx(
-    tmp: Path, staging: Predictor, reference_fn: validate.EagerFn, batch: int, buckets: list[int], atol: float
-) -> dict[str, Any]:
-    """Replace model.onnx with its int8 dynamic quantization; measure how far it lands from float32.
-
-    The tolerance is measured on one sample of parity cases (seed 1); the parity check that follows uses
-    another (seed 0), so a graph that only fits the sample it was measured on still fails.
-    """
-    from .formats import onnx
-
-    quantized = tmp / "model.int8.onnx.tmp"
-    onnx.quantize(tmp / onnx.FILE, quantized)
-    quantized.replace(tmp / onnx.FILE)
-    staging.backends["onnx"] = onnx.load(tmp / onnx.FILE, staging.max_length, threads=None)
-    int8_fn = validate.run_format(staging, "onnx")
-    tolerance = validate.measure_tolerance(staging, int8_fn, reference_fn, batch=batch, grid=buckets, seed=1)
-    return {
-        "dtype": "int8",
-        "device": "cpu",
-        "method": "onnxruntime.quantization.quantize_dynamic: int8 weights per output channel, activations "
-        "quantized per tensor at run time",
-        "reference": "the eager model in float32 on cpu",
-        "tolerance": tolerance,
-        "measured_on": "parity cases drawn with seed 1; validated on those with seed 0",
-        "rule": f"each output's max abs diff from the float32 reference <= atol ({atol:g}) + 1.5 x tolerance",
-    }
+    return manifest
 
 
 def default_cache_dir() -> Path:
@@ -301,19 +208,19 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "torchship"
 
 
-def _cache_key(manifest: dict[str, Any], config: Any) -> str:
+def _cache_key(manifest: artifact.Manifest, config: Any) -> str:
     """Everything a compiled package depends on: weights, config, task, names, lengths, versions."""
     from .formats import MAX_BATCH
 
     keyed = {
-        "weights": manifest["source"]["weights_sha256"],
+        "weights": manifest.source["weights_sha256"],
         "config": config.to_dict(),
-        "task": manifest["task"],
-        "inputs": manifest["inputs"],
-        "outputs": manifest["outputs"],
-        "max_length": manifest["max_length"],
-        "dtype": manifest["dtype"],
-        "device": manifest["device"],
+        "task": manifest.task,
+        "inputs": manifest.inputs,
+        "outputs": manifest.outputs,
+        "max_length": manifest.max_length,
+        "dtype": manifest.dtype,
+        "device": manifest.device,
         "max_batch": MAX_BATCH,
         "torch": torch.__version__,
         "torchship": __version__,
@@ -327,39 +234,17 @@ def _jsonable(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-def _pooling(st: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in st.items() if k != "max_seq_length"}
-
-
-def _labels(config: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (config.id2label or {}).items()}
-
-
-def _entries(buckets: list[int], options: ExportOptions, report: validate.ParityReport | None) -> list[dict[str, Any]]:
-    return [
-        {
-            "file": torchscript.FILE,
-            "method": torchscript.method_name(seq),
-            "batch": None,
-            "seq": seq,
-            "traced_batch": options.batch_size,
-            "parity": report.entry(seq) if report else None,
-        }
-        for seq in buckets
-    ]
-
-
 class EagerModel:
     """The eager transformers model, its tokenizer, config and spec, for a task."""
 
-    def __init__(self, model: Any, tokenizer: Any, config: Any, spec: registry.ArchSpec, task: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, config: Any, spec: registry.ArchSpec, task: tasks.Task) -> None:
         import transformers
 
         self.model, self.tokenizer, self.config, self.spec, self.task = model, tokenizer, config, spec, task
         self.transformers_version = transformers.__version__
 
 
-def load_eager(src: source.ModelSource, task: str) -> EagerModel:
+def load_eager(src: source.ModelSource, task_name: str) -> EagerModel:
     import transformers
 
     try:
@@ -367,17 +252,17 @@ def load_eager(src: source.ModelSource, task: str) -> EagerModel:
     except (OSError, ValueError) as e:
         raise UnsupportedModelError(f"cannot read the config of {src.name}: {e}") from e
     spec = registry.get_spec(config.model_type)
-    task = registry.infer_task(config) if task == "auto" else task
-    if task not in spec.tasks:
+    task = tasks.infer(getattr(config, "architectures", None) or []) if task_name == "auto" else tasks.get(task_name)
+    if spec.tasks is not None and task.name not in spec.tasks:
         raise UnsupportedModelError(
-            f"task {task!r} is not supported for {config.model_type}; supported: {', '.join(spec.tasks)}"
+            f"task {task.name!r} is not supported for {config.model_type}; supported: {', '.join(spec.tasks)}"
         )
-    auto = getattr(transformers, registry.TASK_AUTO_CLASS[task])
+    auto = getattr(transformers, task.auto_class)
     try:
         model = auto.from_pretrained(src.path, attn_implementation=spec.attn_implementation).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(src.path)
     except (OSError, ValueError) as e:
-        raise UnsupportedModelError(f"cannot load {src.name} for task {task}: {e}") from e
+        raise UnsupportedModelError(f"cannot load {src.name} for task {task.name}: {e}") from e
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedModelError(
             f"{src.name} has no fast tokenizer (tokenizer.json); torchship's runtime needs one. "
@@ -386,32 +271,38 @@ def load_eager(src: source.ModelSource, task: str) -> EagerModel:
     return EagerModel(model, tokenizer, config, spec, task)
 
 
-def _max_length(config: Any, st: dict[str, Any], options: ExportOptions) -> int:
-    limits = [int(getattr(config, "max_position_embeddings", 0) or 0) or 10**9]
-    if st.get("max_seq_length"):
-        limits.append(int(st["max_seq_length"]))
+def _max_length(config: Any, spec: registry.ArchSpec, st: dict[str, Any], options: ExportOptions) -> int:
+    """The longest sequence to export: --max-length, else the longest bucket, within what the model can take
+    (its position embeddings, less the RoBERTa-style offset) and sentence-transformers' max_seq_length."""
+    positions = spec.max_positions(config)
     if options.max_length is not None:
-        if options.max_length > limits[0]:
+        if positions is not None and options.max_length > positions:
+            why = f"max_position_embeddings {config.max_position_embeddings}"
+            if spec.position_offset:
+                why += " less pad_token_id + 1, as positions start after the padding index"
             raise OptionsError(
-                f"max_length {options.max_length} exceeds the model's max_position_embeddings {limits[0]}"
+                f"max_length {options.max_length} exceeds the {positions} positions this {config.model_type} "
+                f"checkpoint can take ({why}); pass --max-length {positions} or less"
             )
         return options.max_length
+    limits = [positions or 10**9]
+    if st.get("max_seq_length"):
+        limits.append(int(st["max_seq_length"]))
     return min(max(options.seq_lengths), *limits)
 
 
-def _save_tokenizer(tokenizer: Any, path: Path) -> dict[str, Any]:
+def _save_tokenizer(tokenizer: Any, path: Path) -> artifact.TokenizerInfo:
     tokenizer.save_pretrained(str(path))
     if not (path / "tokenizer.json").is_file():
         raise ExportError(f"the tokenizer did not write {path / 'tokenizer.json'}; torchship needs a fast tokenizer")
-    return {
-        "dir": artifact.TOKENIZER_DIR,
-        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        "mask_token": tokenizer.mask_token,
-        "cls_token": tokenizer.cls_token,
-        "sep_token": tokenizer.sep_token,
-        "do_lower_case": getattr(tokenizer, "do_lower_case", None),
-        "padding": "torchship buckets (tokenizer.json padding disabled at load)",
-    }
+    return artifact.TokenizerInfo(
+        dir=artifact.TOKENIZER_DIR,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        mask_token=tokenizer.mask_token,
+        cls_token=tokenizer.cls_token,
+        sep_token=tokenizer.sep_token,
+        do_lower_case=getattr(tokenizer, "do_lower_case", None),
+    )
 
 
 def _check_expected_ties(spec: registry.ArchSpec, tied: list[list[str]]) -> None:
@@ -481,10 +372,10 @@ def validate_artifact(
         loaded = load_eager(src, predictor.task)
     wrapper = ExportWrapper(loaded.model, predictor.input_names, predictor.output_names).eval()
     reports = {}
+    measured = (predictor.manifest.precision or {}).get("tolerance") or {}
     for fmt in predictor.backends:
-        recorded = predictor.manifest["formats"][fmt][0].get("parity") or {}
+        recorded = predictor.manifest.formats[fmt][0].parity or {}
         tolerance = atol or float(recorded.get("atol", 1e-4))
-        measured = (predictor.manifest.get("precision") or {}).get("tolerance") or {}
         reports[fmt] = validate.check(
             predictor, eager_fn(wrapper), batch=batch, atol=tolerance, format=fmt, tolerance=measured
         )

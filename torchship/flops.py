@@ -14,84 +14,64 @@ term quadratically, which is why bucket planning weighs long buckets more than t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-# config attribute aliases across families (DistilBERT names its dims differently)
-_ALIASES = {
-    "hidden_size": ("hidden_size", "dim"),
-    "num_hidden_layers": ("num_hidden_layers", "n_layers"),
-    "intermediate_size": ("intermediate_size", "hidden_dim"),
-}
-
-
-def _get(config: Any, key: str, default: int | None = None) -> int:
-    for name in _ALIASES.get(key, (key,)):
-        value = config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
-        if value is not None:
-            return int(value)
-    if default is None:
-        raise ValueError(f"config has no {key!r} (tried {', '.join(_ALIASES.get(key, (key,)))})")
-    return default
+from .registry import ArchSpec, config_get, spec_of
 
 
 def layer_flops(config: Any, batch: int, seq: int) -> tuple[int, int]:
     """(dense, attention) FLOPs of the whole encoder stack, embedding projection included."""
-    h = _get(config, "hidden_size")
-    i = _get(config, "intermediate_size")
-    layers = _get(config, "num_hidden_layers")
-    e = _get(config, "embedding_size", h)
-    ffn = 3 * h * i if _model_type(config) == "modernbert" else 2 * h * i  # ModernBERT's FFN is a GLU
+    spec = spec_of(config)
+    h = spec.dim(config, "hidden_size")
+    i = spec.dim(config, "intermediate_size")
+    layers = spec.dim(config, "num_hidden_layers")
+    e = spec.dim(config, "embedding_size", h)
+    ffn = 3 * h * i if spec.glu_ffn else 2 * h * i
     dense = 2 * batch * seq * (4 * h * h + ffn) * layers
     if e != h:  # ALBERT and ELECTRA project embeddings up to the hidden size
         dense += 2 * batch * seq * e * h
     attention = 4 * batch * seq * seq * h * layers
-    if _model_type(config) == "deberta-v2" and _get(config, "relative_attention", 0):
-        attention += layers * _deberta_relative(config, batch, seq, h)
+    if spec.relative_attention and spec.dim(config, "relative_attention", 0):
+        attention += layers * _relative(spec, config, batch, seq, h)
     return dense, attention
 
 
-def _deberta_relative(config: Any, batch: int, seq: int, h: int) -> int:
+def _relative(spec: ArchSpec, config: Any, batch: int, seq: int, h: int) -> int:
     """Disentangled attention, per layer and per c2p/p2c term: project the 2*span relative embeddings,
     then score every token against them."""
-    span = _get(config, "position_buckets", 0)
+    span = spec.dim(config, "position_buckets", 0)
     if span <= 0:
-        span = _get(config, "max_relative_positions", -1)
+        span = spec.dim(config, "max_relative_positions", -1)
     if span <= 0:
-        span = _get(config, "max_position_embeddings")
-    raw = config.get("pos_att_type") if isinstance(config, Mapping) else getattr(config, "pos_att_type", None)
-    terms = sum(t in ("c2p", "p2c") for t in (raw or []))
+        span = spec.dim(config, "max_position_embeddings")
+    terms = sum(t in ("c2p", "p2c") for t in (config_get(config, "pos_att_type") or []))
     return terms * (2 * (2 * span) * h * h + 2 * batch * seq * (2 * span) * h)
 
 
 def head_flops(config: Any, batch: int, seq: int, task: str, *, pooler: bool) -> int:
-    """FLOPs of the task head on top of the encoder."""
-    h = _get(config, "hidden_size")
-    labels = _num_labels(config)
-    if task == "fill-mask":  # transform to the embedding size, then decode to the vocabulary
-        e = _get(config, "embedding_size", h)
-        return 2 * batch * seq * (h * e + e * _get(config, "vocab_size"))
-    if task == "text-classification":  # every family: a hidden x hidden pooler or dense, then the classifier
-        return 2 * batch * h * h + 2 * batch * h * labels
-    per_token_head = 2 * batch * seq * h * h if _model_type(config) == "modernbert" else 0  # a dense before the head
-    if task == "token-classification":
-        return per_token_head + 2 * batch * seq * h * labels
-    if task == "question-answering":
-        return per_token_head + 2 * batch * seq * h * 2
-    return 2 * batch * h * h if pooler else 0
+    """FLOPs of the task head on top of the encoder, as the task counts them."""
+    from . import tasks
+
+    return tasks.get(task).head_flops(dims(config), batch, seq, pooler=pooler)
+
+
+def dims(config: Any) -> Any:
+    """The dimensions a task head's cost depends on."""
+    from .tasks import Dims
+
+    spec = spec_of(config)
+    h = spec.dim(config, "hidden_size")
+    id2label = config_get(config, "id2label")
+    return Dims(
+        hidden=h,
+        embedding=spec.dim(config, "embedding_size", h),
+        vocab=spec.dim(config, "vocab_size", 0),
+        labels=len(id2label) if id2label else 2,
+        head_dense=spec.head_dense,
+    )
 
 
 def flops(config: Any, batch: int, seq: int, task: str = "feature-extraction", *, pooler: bool = True) -> int:
     """FLOPs of one forward pass at (batch, seq): encoder dense + attention terms, plus the task head."""
     dense, attention = layer_flops(config, batch, seq)
     return dense + attention + head_flops(config, batch, seq, task, pooler=pooler)
-
-
-def _model_type(config: Any) -> str:
-    value = config.get("model_type") if isinstance(config, Mapping) else getattr(config, "model_type", None)
-    return str(value or "")
-
-
-def _num_labels(config: Any) -> int:
-    id2label = config.get("id2label") if isinstance(config, Mapping) else getattr(config, "id2label", None)
-    return len(id2label) if id2label else 2

@@ -11,14 +11,6 @@ from pathlib import Path
 
 from .errors import OptionsError
 
-TASKS = (
-    "feature-extraction",
-    "fill-mask",
-    "text-classification",
-    "token-classification",
-    "question-answering",
-)
-FORMATS = ("torchscript", "aoti", "onnx", "neuron")
 ALL_FORMATS = ("torchscript", "aoti", "onnx")  # what "all" means: every format that runs on a plain CPU
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 TRUNCATION = ("warn", "error")
@@ -58,7 +50,7 @@ class ExportOptions:
     formats: tuple[str, ...] = ("torchscript",)
     seq_lengths: tuple[int, ...] = DEFAULT_SEQ_LENGTHS
     batch_size: int = 2
-    atol: float = 1e-4
+    atol: float | None = None
     max_length: int | None = None
     buckets: str = "manual"
     lengths_from: Path | None = None
@@ -72,25 +64,21 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.formats == ("all",):
             object.__setattr__(self, "formats", ALL_FORMATS)
-        if self.task != "auto" and self.task not in TASKS:
-            raise OptionsError(f"task {self.task!r} is not supported; choose one of: auto, {', '.join(TASKS)}")
+        from . import formats, tasks  # the registries: what exists, and what each format can be exported for
+
+        if self.task != "auto" and self.task not in tasks.names():
+            raise OptionsError(f"task {self.task!r} is not supported; choose one of: auto, {', '.join(tasks.names())}")
         if not self.formats:
-            raise OptionsError(f"formats is empty; choose from: {', '.join(FORMATS)}, or all")
+            raise OptionsError(f"formats is empty; choose from: {', '.join(formats.names())}, or all")
         for fmt in self.formats:
-            if fmt not in FORMATS:
-                raise OptionsError(f"format {fmt!r} is not supported; choose from: {', '.join(FORMATS)}, or all")
+            if fmt not in formats.names():
+                raise OptionsError(
+                    f"format {fmt!r} is not supported; choose from: {', '.join(formats.names())}, or all"
+                )
         if self.dtype not in DTYPES:
             raise OptionsError(f"dtype {self.dtype!r} is not supported; choose one of: {', '.join(DTYPES)}")
-        if self.dtype == "int8" and (self.formats != ("onnx",) or self.device != "cpu"):
-            raise OptionsError(
-                f"dtype 'int8' is ONNX Runtime's dynamic quantization, for CPU (asked: {', '.join(self.formats)} "
-                f"on {self.device}); export it with --format onnx --device cpu"
-            )
-        if "onnx" in self.formats and (self.dtype not in ("float32", "int8") or self.device != "cpu"):
-            raise OptionsError(
-                f"format 'onnx' is exported in float32 or int8 for CPU only (asked: {self.dtype} on {self.device}); "
-                "use torchscript or aoti for float16, bfloat16 and CUDA"
-            )
+        for fmt in self.formats:
+            formats.get(fmt).check(self)
         if len(set(self.formats)) != len(self.formats):
             raise OptionsError(f"formats {list(self.formats)} repeats a format; list each once")
         if not self.seq_lengths:
@@ -103,7 +91,7 @@ class ExportOptions:
             raise OptionsError(f"seq_lengths {list(self.seq_lengths)} repeats a length; list each bucket once")
         if self.batch_size < 1:
             raise OptionsError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.atol > 0:
+        if self.atol is not None and not self.atol > 0:
             raise OptionsError(f"atol must be > 0, got {self.atol}")
         if self.max_length is not None and self.max_length < 2:
             raise OptionsError(f"max_length must be >= 2, got {self.max_length}")
@@ -120,7 +108,8 @@ class LoadOptions:
     """How ``torchship.load`` opens an artifact.
 
     ``truncation="warn"`` cuts texts longer than the longest bucket and warns; ``"error"`` refuses them.
-    A micro-batch holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens.
+    One forward pass (a micro-batch) holds at most ``micro_batch_size`` rows and ``max_batch_tokens`` padded
+    tokens (the server sets both from its own ``max_batch_size`` and ``max_batch_tokens``).
     ``workers`` micro-batches run at once (threads of Python; torch releases the GIL), each op on
     ``threads`` intra-op threads (process-wide ``torch.set_num_threads``; None leaves it as it is). On
     small encoders ``workers=2, threads=1`` uses two cores better than ``workers=1, threads=2``.
@@ -133,7 +122,7 @@ class LoadOptions:
     format: str | None = None
     device: str | None = None
     truncation: str = "warn"
-    batch_size: int = 64
+    micro_batch_size: int = 64
     max_batch_tokens: int = 8192
     workers: int = 1
     threads: int | None = None
@@ -141,12 +130,14 @@ class LoadOptions:
     calibrate: bool = False
 
     def __post_init__(self) -> None:
-        if self.format is not None and self.format not in FORMATS:
-            raise OptionsError(f"format {self.format!r} is not supported; choose from: {', '.join(FORMATS)}")
+        from . import formats
+
+        if self.format is not None and self.format not in formats.names():
+            raise OptionsError(f"format {self.format!r} is not supported; choose from: {', '.join(formats.names())}")
         if self.truncation not in TRUNCATION:
             raise OptionsError(f"truncation {self.truncation!r} is invalid; choose 'warn' or 'error'")
-        if self.batch_size < 1:
-            raise OptionsError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.micro_batch_size < 1:
+            raise OptionsError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if self.max_batch_tokens < 1:
             raise OptionsError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
         if self.workers < 1:

@@ -17,6 +17,7 @@ from . import buckets
 from .artifact import MANIFEST, TOKENIZER_DIR
 from .errors import OptionsError
 from .flops import flops
+from .textfile import read_texts
 
 
 @dataclass(frozen=True)
@@ -42,24 +43,21 @@ def model_info(model: str | Path, max_length: int | None = None) -> ModelInfo:
         tokenizer = Tokenizer.from_file(str(path / TOKENIZER_DIR / "tokenizer.json"))
         cap = max_length or int(manifest["max_length"])
         return ModelInfo(config, tokenizer, manifest["task"], cap, "pooler_output" in manifest["outputs"])
-    from . import registry, source
+    from . import registry, source, tasks
 
     src = source.resolve(model)
     config = json.loads((src.path / "config.json").read_text())
     tok_file = src.path / "tokenizer.json"
     if not tok_file.is_file():
         raise OptionsError(f"{src.name} has no tokenizer.json; export it first and plan against the artifact")
-    limits = [int(config.get("max_position_embeddings") or 512)]
+    limits = [registry.spec_of(config).max_positions(config) or 512]
     st = source.read_sentence_transformers(src.path)
     if st.get("max_seq_length"):
         limits.append(int(st["max_seq_length"]))
     cap = max_length or min(limits)
 
-    class _Config:
-        architectures = config.get("architectures")
-
-    task = registry.infer_task(_Config())
-    return ModelInfo(config, Tokenizer.from_file(str(tok_file)), task, cap, task == "feature-extraction")
+    task = tasks.infer(config.get("architectures") or [])
+    return ModelInfo(config, Tokenizer.from_file(str(tok_file)), task.name, cap, task.has_pooler)
 
 
 def read_lengths(path: Path, tokenizer: Tokenizer) -> list[int]:
@@ -76,15 +74,7 @@ def read_lengths(path: Path, tokenizer: Tokenizer) -> list[int]:
     lines = [line for line in text.splitlines() if line.strip()]
     if lines and all(line.strip().isdigit() for line in lines):
         return [int(line) for line in lines]
-    texts = []
-    for i, line in enumerate(lines, 1):
-        if line.lstrip().startswith("{"):
-            try:
-                texts.append(str(json.loads(line)["text"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise OptionsError(f"{path}:{i}: expected a JSON object with a 'text' field ({e})") from e
-        else:
-            texts.append(line)
+    texts = read_texts(path)
     tok = Tokenizer.from_str(tokenizer.to_str())
     tok.no_padding()
     tok.no_truncation()

@@ -9,56 +9,84 @@ Adding a BERT-style family takes a few lines::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import UnsupportedModelError
-from .options import TASKS
 
 # Dynamic axes, named once; formats and bucket planning reuse these names.
 BATCH = "batch"
 SEQ = "seq"
 
-# The Auto class each task loads, and the config.architectures suffix that implies it.
-TASK_AUTO_CLASS = {
-    "feature-extraction": "AutoModel",
-    "fill-mask": "AutoModelForMaskedLM",
-    "text-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-}
-_ARCH_SUFFIX_TASK = (
-    ("ForMaskedLM", "fill-mask"),
-    ("ForSequenceClassification", "text-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForQuestionAnswering", "question-answering"),
-    ("Model", "feature-extraction"),
-)
-
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """How one ``config.model_type`` is exported.
+    """Everything torchship knows about one ``config.model_type``; every field is read somewhere.
 
-    ``token_type_ids``: the family has segment embeddings (used only when ``type_vocab_size > 1``).
+    ``tasks``: the tasks it exports (None: all). ``token_type_ids``: the family has segment embeddings (used
+    only when ``type_vocab_size > 1``).
     ``tied_weights``: parameter-name suffixes (input side, output side) that the checkpoint ties; the
     exporter clones them and asserts it found them.
-    ``attn_implementation``: what the eager model is loaded with (``"eager"`` where transformers has no SDPA).
+    ``atol``: the default parity tolerance against the eager model (``--atol`` overrides it).
+    ``attn_implementation``: what the eager model is traced with, chosen per family by measurement (README,
+    "Attention implementation"); ``"eager"`` where transformers has no SDPA path.
+    ``position_offset``: RoBERTa-style families number positions from ``pad_token_id + 1``, so only
+    ``max_position_embeddings - pad_token_id - 1`` positions are usable.
+    ``config_aliases``: config attribute names this family uses for the FLOP model's standard ones.
+    ``glu_ffn``: the FFN is a GLU (3 h i instead of 2 h i). ``head_dense``: per-token heads start with a
+    hidden x hidden dense. ``relative_attention``: DeBERTa-v2's disentangled attention terms.
+    ``ort_fusion``: the ``model_type`` ONNX Runtime's transformer optimizer fuses this family as, or None.
     """
 
     model_type: str
     token_type_ids: bool = False
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] | None = None  # None: every registered task
     tied_weights: tuple[tuple[str, str], ...] = ()
     atol: float = 1e-4
     attn_implementation: str = "sdpa"
+    position_offset: bool = False
+    config_aliases: tuple[tuple[str, str], ...] = ()
+    glu_ffn: bool = False
+    head_dense: bool = False
+    relative_attention: bool = False
+    ort_fusion: str | None = None
 
     def input_names(self, config: Any) -> tuple[str, ...]:
         names: tuple[str, ...] = ("input_ids", "attention_mask")
         if self.token_type_ids and int(getattr(config, "type_vocab_size", 0) or 0) > 1:
             names += ("token_type_ids",)
         return names
+
+    def max_positions(self, config: Any) -> int | None:
+        """The longest sequence the position embeddings hold, or None when the family has no such limit."""
+        limit = int(config_get(config, "max_position_embeddings") or 0)
+        if not limit:
+            return None
+        if self.position_offset:
+            limit -= int(config_get(config, "pad_token_id") or 0) + 1
+        return limit
+
+    def dim(self, config: Any, key: str, default: int | None = None) -> int:
+        """A config dimension by its standard name (hidden_size, ...), through this family's aliases."""
+        names = [alias for standard, alias in self.config_aliases if standard == key] + [key]
+        for name in names:
+            value = config_get(config, name)
+            if value is not None:
+                return int(value)
+        if default is None:
+            raise ValueError(f"config has no {key!r} (tried {', '.join(names)})")
+        return default
+
+
+def config_get(config: Any, name: str) -> Any:
+    """An attribute of a transformers config, or a key of its dict form."""
+    return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+
+
+def spec_of(config: Any) -> ArchSpec:
+    """The spec of a config's model_type, or the generic one for a config of no registered family."""
+    return _REGISTRY.get(str(config_get(config, "model_type") or ""), GENERIC)
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -76,6 +104,9 @@ def supported() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+GENERIC = ArchSpec("")  # what the FLOP model assumes of a config whose model_type is not registered
+
+
 def get_spec(model_type: str) -> ArchSpec:
     try:
         return _REGISTRY[model_type]
@@ -85,37 +116,34 @@ def get_spec(model_type: str) -> ArchSpec:
         ) from None
 
 
-def infer_task(config: Any) -> str:
-    """Read the task from ``config.architectures`` (``BertForMaskedLM`` -> ``fill-mask``)."""
-    architectures = list(getattr(config, "architectures", None) or [])
-    for arch in architectures:
-        for suffix, task in _ARCH_SUFFIX_TASK:
-            if arch.endswith(suffix):
-                return task
-    raise UnsupportedModelError(
-        f"cannot infer the task from config.architectures={architectures}; pass --task with one of: {', '.join(TASKS)}"
-    )
-
-
 @register
 def _bert() -> ArchSpec:
     return ArchSpec(
         "bert",
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"),),
-        attn_implementation="eager",  # disentangled attention has no SDPA path
+        ort_fusion="bert",
     )
 
 
 @register
 def _distilbert() -> ArchSpec:
-    return ArchSpec("distilbert", tied_weights=(("embeddings.word_embeddings.weight", "vocab_projector.weight"),))
+    return ArchSpec(
+        "distilbert",
+        tied_weights=(("embeddings.word_embeddings.weight", "vocab_projector.weight"),),
+        config_aliases=(("hidden_size", "dim"), ("num_hidden_layers", "n_layers"), ("intermediate_size", "hidden_dim")),
+        ort_fusion="bert",
+    )
 
 
 @register
 def _roberta() -> ArchSpec:
     return ArchSpec(
-        "roberta", token_type_ids=True, tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),)
+        "roberta",
+        token_type_ids=True,
+        tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
+        position_offset=True,
+        ort_fusion="bert",
     )
 
 
@@ -125,6 +153,8 @@ def _xlm_roberta() -> ArchSpec:
         "xlm-roberta",
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
+        position_offset=True,
+        ort_fusion="bert",
     )
 
 
@@ -143,6 +173,7 @@ def _electra() -> ArchSpec:
         "electra",
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "generator_lm_head.weight"),),
+        ort_fusion="bert",
     )
 
 
@@ -151,6 +182,7 @@ def _mpnet() -> ArchSpec:
     return ArchSpec(
         "mpnet",
         tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
+        position_offset=True,
         attn_implementation="eager",  # transformers has no SDPA path for MPNet
     )
 
@@ -162,9 +194,15 @@ def _deberta_v2() -> ArchSpec:
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"),),
         attn_implementation="eager",  # disentangled attention has no SDPA path
+        relative_attention=True,
     )
 
 
 @register
 def _modernbert() -> ArchSpec:
-    return ArchSpec("modernbert", tied_weights=(("embeddings.tok_embeddings.weight", "decoder.weight"),))
+    return ArchSpec(
+        "modernbert",
+        tied_weights=(("embeddings.tok_embeddings.weight", "decoder.weight"),),
+        glu_ffn=True,
+        head_dense=True,
+    )

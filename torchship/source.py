@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import sha256_file
-from .errors import ModelNotFoundError
+from .errors import ModelNotFoundError, UnsupportedModelError
 
 DEMO = "demo"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -104,7 +104,7 @@ def read_sentence_transformers(path: Path) -> dict[str, Any]:
             cfg = json.loads((path / module.get("path", "") / "config.json").read_text())
             modes = [label for key, label in _POOLING_KEYS if cfg.get(key)]
             if len(modes) != 1:
-                raise ModelNotFoundError(
+                raise UnsupportedModelError(
                     f"{path}: sentence-transformers pooling {modes or 'none'} is not supported; "
                     "torchship supports exactly one of cls, mean, max, mean_sqrt_len"
                 )

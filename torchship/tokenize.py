@@ -6,7 +6,6 @@ and truncation; both are switched off here, because padding is the bucket dispat
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +97,8 @@ def _is_pair(item: object) -> TypeGuard[tuple[str, str]]:
 
 
 class TextEncoder:
-    """Encodes texts to unpadded ids; texts over ``max_length`` are truncated with a warning, or refused."""
+    """Encodes texts to unpadded ids; texts over ``max_length`` are truncated (and flagged in
+    ``Encoded.truncated``: the caller decides what to say), or, with ``truncation="error"``, refused."""
 
     def __init__(self, path: Path, *, max_length: int, truncation: str) -> None:
         self.tokenizer = Tokenizer.from_file(str(path))
@@ -121,11 +121,6 @@ class TextEncoder:
                     f"(item {too_long[0]} has {len(encodings[too_long[0]].ids)}, the longest {worst}); "
                     "shorten them, use truncation='warn' (--truncation warn), or export with a longer bucket"
                 )
-            warnings.warn(
-                f"truncated {len(too_long)} text(s) to {self.max_length} tokens (longest was {worst}); "
-                "export with a longer bucket to keep them whole",
-                stacklevel=3,
-            )
             for i, enc in zip(too_long, self._truncating.encode_batch([texts[i] for i in too_long]), strict=True):
                 encodings[i] = enc
         encoded = Encoded.of(encodings)

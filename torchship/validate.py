@@ -129,7 +129,7 @@ def _cases(
     for seq in grid:
         lengths = case_lengths(grid, seq, batch, seed)
         encoded = rows_at_lengths(predictor.encoder.tokenizer, lengths, seed)
-        yield seq, lengths, predictor.pad_rows(encoded, list(range(len(lengths))), max(lengths))
+        yield seq, lengths, predictor.engine.pad_rows(encoded, list(range(len(lengths))), max(lengths))
 
 
 def _diffs(

@@ -1,24 +1,39 @@
-"""Artifact formats. Each module offers the same pair, ``export(...)`` and ``load(...)``; ``load`` returns a
-``Backend``: how far it pads a sequence, and how it runs padded inputs.
+"""Artifact formats: one ``Format`` per format, in one table; nothing outside this package asks which it holds.
 
-Static formats (TorchScript) pad to the smallest traced bucket; dynamic ones (AOTInductor, ONNX) pad only
-to a small multiple, so sorted micro-batches waste almost nothing.
+Every format has the same pair, ``export(job) -> entries`` and ``load(root, manifest, target) -> Backend``,
+plus ``check`` (the dtypes and devices it can be exported for) and ``refine`` (what it does to its own files
+once parity holds: ONNX Runtime fusion and int8 quantization). A ``Backend`` is a loaded format: how far it
+pads a sequence, and how it runs padded inputs.
+
+Static formats (TorchScript, Neuron) pad to the smallest traced bucket and get one manifest entry, with its own
+parity record, per bucket; dynamic ones (AOTInductor, ONNX) pad only to a small multiple, so sorted
+micro-batches waste almost nothing, and get one entry.
+
+Adding a format: a module with a ``Format`` subclass decorated with ``@register``, imported at the bottom.
 """
 
 from __future__ import annotations
 
 import bisect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+from ..errors import ArtifactError, OptionsError, SequenceTooLongError
 
-from ..errors import SequenceTooLongError
+if TYPE_CHECKING:
+    import torch
+
+    from ..artifact import FormatEntry, Manifest
+    from ..options import ExportOptions
 
 PAD_MULTIPLE = 8  # dynamic formats pad to a multiple of this
 MAX_BATCH = 1024  # dynamic formats' batch bound
+INT8 = "dtype 'int8' is ONNX Runtime's dynamic quantization, for CPU"
 
-Run = Callable[[int, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]
+Run = Callable[[int, "tuple[torch.Tensor, ...]"], "tuple[torch.Tensor, ...]"]
 
 
 @dataclass
@@ -48,3 +63,136 @@ class Backend:
         padded = min(-(-seq // self.pad_multiple) * self.pad_multiple, self.max_length)
         i = bisect.bisect_left(self.snap, seq)
         return min(padded, self.snap[i]) if i < len(self.snap) else padded
+
+
+@dataclass
+class ExportJob:
+    """What every format's ``export`` gets: the wrapper to trace, example inputs per bucket, and where to write."""
+
+    wrapper: torch.nn.Module  # ExportWrapper: inputs by position in ``input_names`` order, outputs as a tuple
+    examples: dict[int, tuple[torch.Tensor, ...]]  # bucket -> example inputs (batch >= 1, padding inside)
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    max_length: int
+    out: Path  # the artifact's staging directory
+    cache: Path  # where compiled packages are reused from, keyed by everything they depend on
+    options: ExportOptions
+    model_type: str
+    ort_fusion: str | None  # the architecture's ONNX Runtime fusion type
+    num_heads: int
+    hidden_size: int
+
+    @property
+    def buckets(self) -> list[int]:
+        return sorted(self.examples)
+
+    def dynamic_example(self) -> tuple[torch.Tensor, ...]:
+        """An example at batch >= 2 and seq >= 16, so neither dynamic dim specializes to 0 or 1."""
+        import torch
+
+        seq = min((s for s in self.examples if s >= 16), default=max(self.examples))
+        example = self.examples[seq]
+        return example if example[0].shape[0] >= 2 else tuple(torch.cat([x, x]) for x in example)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a format is loaded."""
+
+    device: torch.device
+    threads: int | None
+    snap: list[int]  # the artifact's bucket edges, which dynamic formats may pad to
+
+
+@dataclass
+class Refiner:
+    """What ``Format.refine`` may use: ``use(backend)`` makes the staging artifact run this format by ``backend``;
+    ``check(tolerance=None)`` returns its ParityReport against the eager model; ``measure()`` returns its
+    measured drift from the float32 eager model, per output (for a lossy rewrite such as int8)."""
+
+    use: Callable[[Backend], None]
+    check: Callable[..., Any]
+    measure: Callable[[], dict[str, float]]
+
+
+class Format:
+    """The interface. Subclasses set the class attributes and implement ``export`` and ``load``."""
+
+    name: ClassVar[str]
+    file: ClassVar[str]
+    static: ClassVar[bool]  # one traced graph per bucket, vs one dynamic graph
+    dtypes: ClassVar[tuple[str, ...]] = ("float32", "float16", "bfloat16")
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+
+    def check(self, options: ExportOptions) -> None:
+        """An OptionsError when this format cannot be exported with ``options`` (dtype, device)."""
+        if options.dtype in self.dtypes and options.device.split(":")[0] in self.devices:
+            return
+        if options.dtype == "int8":
+            raise OptionsError(
+                f"{INT8} (asked: {', '.join(options.formats)} on {options.device}); "
+                "export it with --format onnx --device cpu"
+            )
+        raise OptionsError(self.unsupported(options))
+
+    def unsupported(self, options: ExportOptions) -> str:
+        return (
+            f"format {self.name!r} is exported in {', '.join(self.dtypes)} on {', '.join(self.devices)} only "
+            f"(asked: {options.dtype} on {options.device})"
+        )
+
+    def require(self) -> None:
+        """Fail before anything is written when this format's toolchain is missing."""
+
+    def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
+        """Write this format's files into ``job.out``; return the warnings the toolchain raised."""
+        raise NotImplementedError
+
+    def entries(self, job: ExportJob) -> list[FormatEntry]:
+        """The manifest entries of what ``export`` wrote (parity is filled in after validation)."""
+        from ..artifact import FormatEntry
+
+        if self.static:
+            return [FormatEntry(file=self.file, seq=seq, traced_batch=job.options.batch_size) for seq in job.buckets]
+        return [FormatEntry(file=self.file, max_batch=MAX_BATCH, max_seq=job.max_length, pad_multiple=PAD_MULTIPLE)]
+
+    def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:
+        raise NotImplementedError
+
+    def refine(self, job: ExportJob, entry: FormatEntry, refiner: Refiner) -> dict[str, Any]:
+        """After parity holds: rewrite this format's files if that keeps parity (fusion, quantization).
+        Returns what to record: ``notes`` for the export record, ``precision`` when it changes the dtype."""
+        return {}
+
+
+_TABLE: dict[str, Format] = {}
+
+
+def register(cls: type[Format]) -> type[Format]:
+    if cls.name in _TABLE:
+        raise ValueError(f"format {cls.name!r} is registered twice")
+    _TABLE[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Format:
+    try:
+        return _TABLE[name]
+    except KeyError:
+        raise ArtifactError(
+            f"artifact format {name!r} is unknown to this torchship (known: {', '.join(_TABLE)}); upgrade torchship",
+            path=".",
+        ) from None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_TABLE)
+
+
+# The built-in formats, registered in the order the CLI lists them.
+# isort: off
+from . import torchscript  # noqa: E402, F401
+from . import aoti  # noqa: E402, F401
+from . import onnx  # noqa: E402, F401
+from . import neuron  # noqa: E402, F401
+# isort: on

@@ -10,44 +10,52 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from . import MAX_BATCH, Backend
+from . import MAX_BATCH, Backend, ExportJob, Format, Target, register
+
+if TYPE_CHECKING:
+    from ..artifact import Manifest
 
 FILE = "model.pt2"
 
 
-def export(
-    wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], input_names: tuple[str, ...], max_length: int,
-    path: Path, cache: Path | None,
-) -> list[warnings.WarningMessage]:  # fmt: skip
-    """Export and compile ``wrapper`` to ``path``; reuse ``cache`` (a compiled package) when it exists."""
-    if cache is not None and cache.is_file():
-        shutil.copyfile(cache, path)
-        return []
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    seq = torch.export.Dim("seq", min=2, max=max_length)
-    dynamic = {name: {0: batch, 1: seq} for name in input_names}
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        with torch.no_grad():
-            program = torch.export.export(wrapper.eval(), example, dynamic_shapes=dynamic, strict=False)
-            torch._inductor.aoti_compile_and_package(
-                program, package_path=str(path), inductor_configs={"freezing": True}
-            )
-    if cache is not None:
+@register
+class AOTInductor(Format):
+    name = "aoti"
+    file = FILE
+    static = False
+
+    def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
+        """Export and compile; reuse ``job.cache`` (a compiled package) when it exists."""
+        path, cache = job.out / FILE, job.cache.with_suffix(".pt2")
+        if cache.is_file():
+            shutil.copyfile(cache, path)
+            return []
+        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+        seq = torch.export.Dim("seq", min=2, max=job.max_length)
+        dynamic = {name: {0: batch, 1: seq} for name in job.input_names}
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with torch.no_grad():
+                program = torch.export.export(
+                    job.wrapper.eval(), job.dynamic_example(), dynamic_shapes=dynamic, strict=False
+                )
+                torch._inductor.aoti_compile_and_package(
+                    program, package_path=str(path), inductor_configs={"freezing": True}
+                )
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         shutil.copyfile(path, tmp)
         tmp.replace(cache)
-    return list(seen)
+        return list(seen)
 
+    def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:
+        runner = torch._inductor.aoti_load_package(str(root / FILE))
 
-def load(path: Path, max_length: int) -> Backend:
-    runner = torch._inductor.aoti_load_package(str(path))
+        def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return tuple(runner(*inputs))
 
-    def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(runner(*inputs))
-
-    return Backend("aoti", max_length, None, run)
+        return Backend(self.name, manifest.max_length, None, run, snap=target.snap)

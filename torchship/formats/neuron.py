@@ -10,11 +10,15 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import OptionsError
-from . import Backend
+from . import Backend, ExportJob, Format, Target, register
+
+if TYPE_CHECKING:
+    from ..artifact import FormatEntry, Manifest
 
 SDK_HELP = (
     "format 'neuron' needs the AWS Neuron SDK, and none is importable here: install torch-neuronx (with "
@@ -43,23 +47,37 @@ def file_for(seq: int) -> str:
     return f"model.neuron.seq_{seq}.pt"
 
 
-def export(
-    wrapper: torch.nn.Module, examples: dict[int, tuple[torch.Tensor, ...]], root: Path
-) -> list[warnings.WarningMessage]:
-    sdk = require_sdk()
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        for seq, example in examples.items():
-            compiled = sdk.trace(wrapper.eval(), example)
-            torch.jit.save(compiled, str(root / file_for(seq)))
-    return list(seen)
+@register
+class Neuron(Format):
+    name = "neuron"
+    file = "model.neuron.seq_{seq}.pt"
+    static = True
+    devices = ("cpu",)  # traced on the host; the compiled graphs run on the NeuronCores
 
+    def require(self) -> None:
+        require_sdk()
 
-def load(root: Path, seqs: list[int]) -> Backend:
-    require_sdk()  # registers the Neuron ops that the saved graphs call
-    modules = {seq: torch.jit.load(str(root / file_for(seq))) for seq in seqs}  # type: ignore[no-untyped-call]
+    def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
+        sdk = require_sdk()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            for seq, example in job.examples.items():
+                compiled = sdk.trace(job.wrapper.eval(), example)
+                torch.jit.save(compiled, str(job.out / file_for(seq)))
+        return list(seen)
 
-    def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(modules[seq](*inputs))
+    def entries(self, job: ExportJob) -> list[FormatEntry]:
+        entries = super().entries(job)
+        for entry in entries:
+            entry.file, entry.method = file_for(entry.seq or 0), "forward"
+        return entries
 
-    return Backend("neuron", max(seqs), sorted(seqs), run)
+    def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:
+        require_sdk()  # registers the Neuron ops that the saved graphs call
+        seqs = sorted(int(e.seq or 0) for e in manifest.formats[self.name])
+        modules = {seq: torch.jit.load(str(root / file_for(seq))) for seq in seqs}  # type: ignore[no-untyped-call]
+
+        def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return tuple(modules[seq](*inputs))
+
+        return Backend(self.name, max(seqs), seqs, run)

@@ -11,13 +11,17 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import OptionsError
-from . import MAX_BATCH, Backend
+from . import MAX_BATCH, Backend, ExportJob, Format, Refiner, Target, register
+
+if TYPE_CHECKING:
+    from ..artifact import FormatEntry, Manifest
+    from ..options import ExportOptions
 
 FILE = "model.onnx"
 OPSET = 18
@@ -32,7 +36,7 @@ def require_onnxruntime() -> Any:
     return onnxruntime
 
 
-def export(
+def export_graph(
     wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], input_names: tuple[str, ...],
     output_names: tuple[str, ...], max_length: int, path: Path,
 ) -> list[warnings.WarningMessage]:  # fmt: skip
@@ -63,17 +67,16 @@ def export(
     return list(seen)
 
 
-def fuse(path: Path, out: Path, *, model_type: str, num_heads: int, hidden_size: int) -> str | None:
+def fuse(
+    path: Path, out: Path, *, model_type: str, ort_type: str | None, num_heads: int, hidden_size: int
+) -> str | None:
     """Write ONNX Runtime's transformer-fused graph of ``path`` to ``out``; return why not, or None."""
+    if not ort_type:
+        return f"ONNX Runtime has no transformer fusion for {model_type}"
     try:
         from onnxruntime.transformers.optimizer import optimize_model
     except ImportError as e:
         return f"onnxruntime.transformers is unavailable ({e})"
-    ort_type = {"distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert"}.get(
-        model_type, model_type if model_type in ("bert",) else ""
-    )
-    if not ort_type:
-        return f"ONNX Runtime has no transformer fusion for {model_type}"
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
@@ -102,18 +105,92 @@ def quantize(path: Path, out: Path) -> None:
             root.setLevel(level)
 
 
-def load(path: Path, max_length: int, *, threads: int | None) -> Backend:
+def session(path: Path, max_length: int, *, threads: int | None, snap: list[int]) -> Backend:
     ort = require_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
 
     def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         feed = {name: np.ascontiguousarray(x.numpy()) for name, x in zip(names, inputs, strict=True)}
-        return tuple(torch.from_numpy(o) for o in session.run(None, feed))
+        return tuple(torch.from_numpy(o) for o in sess.run(None, feed))
 
-    return Backend("onnx", max_length, None, run)
+    return Backend("onnx", max_length, None, run, snap=snap)
+
+
+@register
+class ONNX(Format):
+    name = "onnx"
+    file = FILE
+    static = False
+    dtypes = ("float32", "int8")
+    devices = ("cpu",)
+
+    def unsupported(self, options: ExportOptions) -> str:
+        return (
+            f"format 'onnx' is exported in float32 or int8 for CPU only (asked: {options.dtype} on "
+            f"{options.device}); use torchscript or aoti for float16, bfloat16 and CUDA"
+        )
+
+    def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
+        return export_graph(
+            job.wrapper, job.dynamic_example(), job.input_names, job.output_names, job.max_length, job.out / FILE
+        )
+
+    def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:
+        return session(root / FILE, manifest.max_length, threads=target.threads, snap=target.snap)
+
+    def refine(self, job: ExportJob, entry: FormatEntry, refiner: Refiner) -> dict[str, Any]:
+        """ONNX Runtime's transformer fusion where it keeps parity; then int8 quantization when asked for."""
+        out: dict[str, Any] = {"notes": {"onnx_fusion": self._fuse(job, entry, refiner)}}
+        if job.options.dtype == "int8":
+            out["precision"] = self._quantize(job, entry, refiner)
+        return out
+
+    def _fuse(self, job: ExportJob, entry: FormatEntry, refiner: Refiner) -> str:
+        path, fused = job.out / FILE, job.out / "model.fused.onnx.tmp"
+        why = fuse(path, fused, model_type=job.model_type, ort_type=job.ort_fusion, num_heads=job.num_heads,
+                   hidden_size=job.hidden_size)  # fmt: skip
+        if why is not None:
+            return f"not fused: {why}"
+        refiner.use(session(fused, job.max_length, threads=None, snap=job.buckets))
+        report = refiner.check()
+        if report.failures():
+            refiner.use(session(path, job.max_length, threads=None, snap=job.buckets))
+            fused.unlink()
+            return f"not fused: the fused graph drifts to {max(report.failures().values()):.2e} > atol {report.atol:g}"
+        fused.replace(path)
+        refiner.use(session(path, job.max_length, threads=None, snap=job.buckets))
+        entry.parity = report.summary()
+        entry.fusion = "onnxruntime.transformers"
+        return "fused with onnxruntime.transformers.optimizer; parity kept"
+
+    def _quantize(self, job: ExportJob, entry: FormatEntry, refiner: Refiner) -> dict[str, Any]:
+        """Replace model.onnx with its int8 dynamic quantization; measure how far it lands from float32.
+
+        The tolerance is measured on one sample of parity cases (seed 1); the parity check that follows uses
+        another (seed 0), so a graph that only fits the sample it was measured on still fails.
+        """
+        path, quantized = job.out / FILE, job.out / "model.int8.onnx.tmp"
+        quantize(path, quantized)
+        quantized.replace(path)
+        refiner.use(session(path, job.max_length, threads=None, snap=job.buckets))
+        tolerance = refiner.measure()
+        report = refiner.check(tolerance=tolerance)
+        report.raise_on_failure(self.name)
+        entry.parity = report.summary()
+        return {
+            "dtype": "int8",
+            "device": "cpu",
+            "method": "onnxruntime.quantization.quantize_dynamic: int8 weights per output channel, activations "
+            "quantized per tensor at run time",
+            "reference": "the eager model in float32 on cpu",
+            "tolerance": tolerance,
+            "measured_on": "parity cases drawn with seed 1; validated on those with seed 0",
+            "rule": f"each output's max abs diff from the float32 reference <= atol ({report.atol:g}) + 1.5 x "
+            "tolerance",
+        }

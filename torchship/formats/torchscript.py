@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from . import Backend
+from . import Backend, ExportJob, Format, Target, register
+
+if TYPE_CHECKING:
+    from ..artifact import FormatEntry, Manifest
 
 FILE = "model.pt"
 
@@ -21,37 +25,51 @@ def method_name(seq: int) -> str:
     return f"seq_{seq}"
 
 
-def export(
-    wrapper: torch.nn.Module,
-    examples: dict[int, tuple[torch.Tensor, ...]],
-    path: Path,
-) -> list[warnings.WarningMessage]:
-    """Trace ``wrapper`` once per bucket (``examples``: seq -> inputs), freeze, save; return the warnings seen."""
-    longest = max(examples)
-    for seq in examples:
-        setattr(wrapper, method_name(seq), wrapper.forward)
-    inputs = {"forward": examples[longest], **{method_name(seq): x for seq, x in examples.items()}}
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        with torch.no_grad():
-            traced = torch.jit.trace_module(wrapper.eval(), inputs, check_trace=False)  # type: ignore[no-untyped-call]
-        frozen = torch.jit.freeze(traced.eval(), preserved_attrs=[method_name(seq) for seq in examples])
-        torch.jit.save(frozen, str(path))
-    for seq in examples:
-        delattr(wrapper, method_name(seq))
-    return list(seen)
-
-
-def load(path: Path, seqs: list[int], device: torch.device | None = None) -> Backend:
-    """Load ``path`` onto ``device``; the backend runs bucket ``S`` through method ``seq_S``."""
+def load_module(path: Path, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
+    """``torch.jit.load``, without its deprecation notice: keeping TorchScript loadable is the point."""
     with warnings.catch_warnings():
-        # torch.jit is deprecated upstream; the artifact's whole point is to keep it loadable. Silence that one notice.
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=DeprecationWarning)
-        module = torch.jit.load(str(path), map_location=device or "cpu")  # type: ignore[no-untyped-call]
+        module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
     module.eval()
-    methods = {seq: getattr(module, method_name(seq)) for seq in seqs}
+    return module  # type: ignore[no-any-return]
 
-    def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(methods[seq](*inputs))
 
-    return Backend("torchscript", max(seqs), sorted(seqs), run)
+@register
+class TorchScript(Format):
+    name = "torchscript"
+    file = FILE
+    static = True
+
+    def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
+        """Trace the wrapper once per bucket, freeze, save; return the warnings seen."""
+        wrapper, examples = job.wrapper, job.examples
+        longest = max(examples)
+        for seq in examples:
+            setattr(wrapper, method_name(seq), wrapper.forward)
+        inputs = {"forward": examples[longest], **{method_name(seq): x for seq, x in examples.items()}}
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with torch.no_grad():
+                traced = torch.jit.trace_module(wrapper.eval(), inputs, check_trace=False)  # type: ignore[no-untyped-call]
+            frozen = torch.jit.freeze(traced.eval(), preserved_attrs=[method_name(seq) for seq in examples])
+            torch.jit.save(frozen, str(job.out / FILE))
+        for seq in examples:
+            delattr(wrapper, method_name(seq))
+        return list(seen)
+
+    def entries(self, job: ExportJob) -> list[FormatEntry]:
+        entries = super().entries(job)
+        for entry in entries:
+            entry.method = method_name(entry.seq or 0)
+        return entries
+
+    def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:
+        """Load ``model.pt`` onto the target device; bucket ``S`` runs through method ``seq_S``."""
+        seqs = sorted(int(e.seq or 0) for e in manifest.formats[self.name])
+        module = load_module(root / FILE, target.device)
+        methods = {seq: getattr(module, method_name(seq)) for seq in seqs}
+
+        def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return tuple(methods[seq](*inputs))
+
+        return Backend(self.name, max(seqs), seqs, run)

@@ -11,8 +11,7 @@ import base64
 import contextlib
 import hmac
 import time
-import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -22,12 +21,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from ..errors import InputError, SequenceTooLongError
+from ..errors import InputError, QueueFullError, SequenceTooLongError, TaskMismatchError
 from ..options import ServeOptions
 from ..runtime import Predictor, load
-from ..tokenize import Encoded, TextInput, check_texts
+from ..tokenize import TextInput
 from . import schema
-from .batcher import Batcher, Item, QueueFullError
+from .batcher import Batcher, Item
 from .metrics import Metrics
 
 
@@ -59,8 +58,11 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         workers=options.workers,
         threads=options.threads,
         calibrate=options.calibrate,
+        micro_batch_size=options.max_batch_size,  # the server's limits are the engine's
+        max_batch_tokens=options.max_batch_tokens,
     )
     metrics = Metrics()
+    predictor.engine.hooks.append(metrics.executed)
     state: dict[str, Any] = {"ready": False}
 
     @contextlib.asynccontextmanager
@@ -75,8 +77,8 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         state["ready"] = False
         await asyncio.to_thread(state["batcher"].close)
 
-    app = FastAPI(title="torchship", version=predictor.manifest["torchship_version"], lifespan=lifespan)
-    task = predictor.task
+    app = FastAPI(title="torchship", version=predictor.manifest.torchship_version, lifespan=lifespan)
+    task = predictor.task_def
     dim = _embedding_dim(predictor)
 
     @app.middleware("http")
@@ -106,83 +108,53 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         if not hmac.compare_digest(token.encode(), options.api_key.encode()):
             raise HTTPError(401, "missing or wrong API key; send 'Authorization: Bearer KEY'", "unauthorized")
 
-    def check_limits(texts: list[TextInput]) -> None:
-        """413 for more than max_input_items texts, or a text over max_input_chars."""
-        if len(texts) > options.max_input_items:
+    def check_limits(items: list[Any]) -> None:
+        """413 for more than max_input_items items, or a text over max_input_chars."""
+        if len(items) > options.max_input_items:
             raise HTTPError(
-                413, f"{len(texts)} inputs exceed max_input_items {options.max_input_items}; split the request",
+                413, f"{len(items)} inputs exceed max_input_items {options.max_input_items}; split the request",
                 "too_many_items",
             )  # fmt: skip
-        for i, text in enumerate(texts):  # a (text, text_pair) pair is two texts, each held to the limit
-            chars = len(text) if isinstance(text, str) else max(map(len, text))
+        for i, item in enumerate(items):  # a pair is two texts, each held to the limit
+            chars = len(item) if isinstance(item, str) else max(map(len, item))
             if chars > options.max_input_chars:
                 raise HTTPError(
                     413, f"input {i} has {chars} characters, over max_input_chars {options.max_input_chars}",
                     "too_many_characters",
                 )  # fmt: skip
 
-    def check_top_k(parameters: dict[str, Any]) -> None:
-        top_k = parameters.get("top_k")
-        if isinstance(top_k, int | float) and not isinstance(top_k, bool) and top_k > schema.MAX_TOP_K:
-            raise HTTPError(
-                422, f"top_k {top_k} is over this server's limit of {schema.MAX_TOP_K} candidates", "invalid_request"
-            )
-
-    async def run_items(texts: list[TextInput], parameters: dict[str, Any]) -> tuple[list[Any], int]:
-        """Check, tokenize and queue ``texts``; return their results in order and their token count."""
-        check_limits(texts)
-        check_top_k(parameters)
+    async def run_request(
+        inputs: object, fields: Mapping[str, object], parameters: dict[str, Any]
+    ) -> tuple[list[Any], int, bool]:
+        """Parse, check and tokenize a request as the task says; queue its work items through the batcher.
+        Returns the results in order, the token count, and whether the client sent a single input."""
         try:
-            checked = check_texts(texts)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # truncation is the server's documented --truncate
-                encoded = await asyncio.to_thread(predictor.encoder.encode, checked)
-            predictor.check_options(**parameters)
+            request = task.parse(inputs, fields)
+            check_limits(request.items)
+            params = task.check_params(parameters, server=True)
+            works = await asyncio.to_thread(predictor.works, request.items, params)
         except SequenceTooLongError as e:
             raise HTTPError(413, f"{e} (or start the server with --truncate)", "too_many_tokens") from e
+        except TaskMismatchError as e:
+            raise HTTPError(400, f"this artifact serves {task.name}: {e}", "wrong_task") from e
         except InputError as e:
             raise HTTPError(422, str(e), "invalid_request") from e
         loop = asyncio.get_running_loop()
-        key = tuple(sorted(parameters.items()))
-        items = [
-            Item(t, encoded.select([i]), key, loop.create_future(), loop) for i, t in enumerate(checked)
-        ]  # fmt: skip
-        return await run_queued(items), int(encoded.lengths.sum())
-
-    async def run_queued(items: list[Item]) -> list[Any]:
-        """Queue ``items`` (all or none) and return their results in order."""
+        key = tuple(sorted(params.items()))
+        items = [Item(work, key, loop.create_future(), loop) for work in works]
         try:
             state["batcher"].submit(items)
         except QueueFullError as e:
             raise HTTPError(503, str(e), "queue_full", {"Retry-After": "1"}) from e
         try:
-            return list(await asyncio.gather(*(item.future for item in items)))
+            results = list(await asyncio.gather(*(item.future for item in items)))
         except InputError as e:
             raise HTTPError(422, str(e), "invalid_request") from e
         finally:
             for item in items:
                 item.future.cancel()  # the client left: the batcher skips what has not run yet
-
-    async def answer(question: str | list[str], context: str | list[str], parameters: dict[str, Any]) -> list[Any]:
-        """Question answering through the batcher: one item per (question, context) pair, carrying its windows."""
-        for field in (question, context):
-            check_limits([field] if isinstance(field, str) else list(field))
-        check_top_k(parameters)
-        try:
-            predictor.check_options(**parameters)
-            questions, contexts = predictor.question_pairs(question, context)
-            stride = parameters.get("doc_stride", 128)
-            windows = await asyncio.to_thread(predictor.question_windows, questions, contexts, doc_stride=stride)
-            post = {k: v for k, v in parameters.items() if k != "doc_stride"}  # what answer_windows takes
-        except InputError as e:
-            raise HTTPError(422, str(e), "invalid_request") from e
-        loop = asyncio.get_running_loop()
-        key = tuple(sorted(post.items()))
-        items = [
-            Item((q, c), Encoded.of(ws), key, loop.create_future(), loop, windows=ws)
-            for q, c, ws in zip(questions, contexts, windows, strict=True)
-        ]
-        return await run_queued(items)
+        tokens = sum(len(ids) for w in works for ids in w.encoded.ids)
+        return results, tokens, request.single
 
     @app.post(
         "/v1/embeddings",
@@ -193,8 +165,8 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
     )
     async def embeddings(request: Request) -> JSONResponse:
         body = await _parse(request, EmbeddingRequest)
-        if task != "feature-extraction":
-            raise HTTPError(400, f"this artifact serves {task}, not embeddings; use POST /predict", "wrong_task")
+        if not task.embeds:
+            raise HTTPError(400, f"this artifact serves {task.name}, not embeddings; use POST /predict", "wrong_task")
         if body.dimensions is not None and body.dimensions != dim:
             raise HTTPError(
                 422, f"dimensions {body.dimensions}: this model's embeddings have {dim}; omit dimensions or pass {dim}",
@@ -203,7 +175,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         texts: list[TextInput] = [body.input] if isinstance(body.input, str) else list(body.input)
         if not texts:
             raise HTTPError(422, "input is empty; pass a string or a non-empty list of strings", "invalid_request")
-        vectors, tokens = await run_items(texts, {})
+        vectors, tokens, _ = await run_request(texts, {}, {})
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)
@@ -218,28 +190,17 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         dependencies=[Depends(authorize)],
         openapi_extra=schema.predict_body(task, options),
         responses={
-            200: {"description": f"{task} outputs, in input order (a single input gets a single output)"},
+            200: {"description": f"{task.name} outputs, in input order (a single input gets a single output)"},
             **schema.error_responses(400, 401, 413, 422, 503),
         },
     )
     async def predict(request: Request) -> JSONResponse:
         body = await _parse(request, PredictRequest)
-        if predictor.task == "question-answering":
-            if body.question is None or body.context is None:
-                raise HTTPError(422, "question-answering needs 'question' and 'context'", "invalid_request")
-            out = await answer(body.question, body.context, body.parameters)
-            single = isinstance(body.question, str) and isinstance(body.context, str)
-            return JSONResponse({"task": predictor.task, "outputs": out[0] if single else out})
-        if body.question is not None or body.context is not None:
-            raise HTTPError(400, f"this artifact serves {predictor.task}, not question-answering", "wrong_task")
-        if body.inputs is None:
-            raise HTTPError(422, f"{predictor.task} needs 'inputs': a text or a list of texts", "invalid_request")
-        single = isinstance(body.inputs, str)
-        texts: list[TextInput] = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        results, _ = await run_items(texts, body.parameters)
-        if predictor.task == "feature-extraction":
-            results = [np.asarray(r).tolist() for r in results]
-        return JSONResponse({"task": predictor.task, "outputs": results[0] if single else results})
+        inputs = body.inputs if body.inputs is None or isinstance(body.inputs, str) else list(body.inputs)
+        fields = {"question": body.question, "context": body.context}
+        results, _, single = await run_request(inputs, fields, body.parameters)
+        outputs = [task.to_json(r) for r in results]
+        return JSONResponse({"task": task.name, "outputs": outputs[0] if single else outputs})
 
     @app.get("/health", responses=schema.HEALTH_RESPONSES)
     async def health() -> JSONResponse:
@@ -250,10 +211,10 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
     async def info() -> dict[str, Any]:
         m = predictor.manifest
         return {
-            "task": m["task"], "architecture": m["architecture"], "source": m["source"]["model"],
-            "inputs": m["inputs"], "outputs": m["outputs"], "max_length": m["max_length"],
-            "formats": {f: len(e) for f, e in m["formats"].items()}, "buckets": predictor.buckets,
-            "pooling": m.get("pooling"), "labels": m.get("labels"), "torchship_version": m["torchship_version"],
+            "task": m.task, "architecture": m.architecture, "source": m.source["model"],
+            "inputs": m.inputs, "outputs": m.outputs, "max_length": m.max_length,
+            "formats": {f: len(e) for f, e in m.formats.items()}, "buckets": predictor.buckets,
+            "pooling": m.pooling, "labels": m.labels, "torchship_version": m.torchship_version,
             "limits": {
                 "max_batch_tokens": options.max_batch_tokens, "max_batch_size": options.max_batch_size,
                 "max_wait_ms": options.max_wait_ms, "max_queue": options.max_queue,
@@ -285,14 +246,15 @@ def _problems(errors: Any) -> str:
 
 
 def _embedding_dim(predictor: Predictor) -> int | None:
-    """The width of the pooled embedding, read off one short forward pass (every family names it differently)."""
-    if predictor.task != "feature-extraction":
+    """The width of the embeddings, read off one short forward pass (every family names it differently)."""
+    if not predictor.task_def.embeds:
         return None
     import torch
 
-    out = predictor.run(torch.full((1, predictor.buckets[0]), 1000, dtype=torch.long))
-    predictor.counters.reset()
-    return int(out["last_hidden_state"].shape[-1])
+    engine = predictor.engine
+    backend = engine.select(1, engine.buckets[0])
+    padded = engine.pad({"input_ids": torch.full((1, engine.buckets[0]), 1000)}, backend.pad_length(engine.buckets[0]))
+    return int(engine.forward(backend, padded)[engine.output_names[0]].shape[-1])
 
 
 def _encode_vector(vector: np.ndarray, fmt: str) -> list[float] | str:
@@ -302,9 +264,11 @@ def _encode_vector(vector: np.ndarray, fmt: str) -> list[float] | str:
 
 
 def _warm_up(predictor: Predictor) -> None:
-    """Run every bucket once, so the first request does not pay for lazy initialization."""
+    """Run every loaded format at every bucket once, so no request pays for lazy initialization.
+    Through ``Engine.forward``: warm-up is not work, and no hook counts it."""
     import torch
 
-    for seq in predictor.buckets:
-        predictor.run(torch.full((1, seq), 1000, dtype=torch.long))
-    predictor.counters.reset()
+    engine = predictor.engine
+    for backend in engine.backends.values():
+        for seq in engine.buckets:
+            engine.forward(backend, engine.pad({"input_ids": torch.full((1, seq), 1000)}, backend.pad_length(seq)))

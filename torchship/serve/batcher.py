@@ -4,7 +4,8 @@ Handlers ``submit`` items and await their futures; the event loop never runs the
 the first waiting item, then keeps collecting until the batch reaches ``max_batch_tokens`` padded tokens or
 ``max_batch_size`` items, or ``max_wait_ms`` has passed. The Predictor then sorts the batch by length into
 per-bucket micro-batches. Items whose client went away are dropped before running, never breaking a batch.
-A question-answering item is one (question, context) pair: its context windows all run in the same batch.
+An item is one task work item (question answering: one (question, context) pair, with all its context
+windows); the batcher never asks which task it serves.
 """
 
 from __future__ import annotations
@@ -13,40 +14,42 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from tokenizers import Encoding
-
-from ..errors import TorchshipError
-from ..runtime import Predictor
-from ..tokenize import Encoded, TextInput
+from ..errors import QueueFullError
+from ..tasks import Work
 from .metrics import Metrics
 
+__all__ = ["Batcher", "Item", "QueueFullError"]
 
-class QueueFullError(TorchshipError):
-    """More items are waiting than ``max_queue`` allows."""
+
+class Runner(Protocol):
+    """What the batcher needs of a Predictor: how far a row pads, and how work items run."""
+
+    def bucket_for(self, seq: int, batch: int = 1) -> int: ...
+
+    def run_works(self, works: list[Work], params: Mapping[str, Any]) -> list[Any]: ...
 
 
 @dataclass
 class Item:
-    text: TextInput  # question answering: (question, context)
-    encoded: Encoded  # one row; question answering: one per context window
-    options: tuple[tuple[str, Any], ...]  # post-processing keyword arguments, hashable
+    work: Work  # one text's row; question answering: one row per context window
+    options: tuple[tuple[str, Any], ...]  # the task's options, hashable: items batch together only when equal
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
-    windows: list[Encoding] | None = None  # question answering: the windows ``encoded`` holds
 
-    def padded_tokens(self, predictor: Predictor) -> int:
-        return sum(predictor.bucket_for(len(ids)) for ids in self.encoded.ids)
+    def padded_tokens(self, bucket_for: Callable[[int], int]) -> int:
+        return sum(bucket_for(len(ids)) for ids in self.work.encoded.ids)
 
 
 class Batcher:
     def __init__(
-        self, predictor: Predictor, metrics: Metrics, *, max_batch_tokens: int, max_batch_size: int,
+        self, runner: Runner, metrics: Metrics, *, max_batch_tokens: int, max_batch_size: int,
         max_wait_ms: float, max_queue: int,
     ) -> None:  # fmt: skip
-        self.predictor = predictor
+        self.runner = runner
         self.metrics = metrics
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
@@ -88,7 +91,7 @@ class Batcher:
                 return
             self._took_one()
             batch = [first]
-            tokens = first.padded_tokens(self.predictor)
+            tokens = first.padded_tokens(self.runner.bucket_for)
             deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch_size and tokens < self.max_batch_tokens:
                 try:
@@ -100,7 +103,7 @@ class Batcher:
                     break
                 self._took_one()
                 batch.append(item)
-                tokens += item.padded_tokens(self.predictor)
+                tokens += item.padded_tokens(self.runner.bucket_for)
             self._run(batch)
 
     def _run(self, batch: list[Item]) -> None:
@@ -109,30 +112,15 @@ class Batcher:
         for item in live:
             groups.setdefault(item.options, []).append(item)
         self.metrics.batch_size.observe(len(live))
-        counters = self.predictor.counters
         for options, items in groups.items():
-            before = (counters.real_tokens, counters.padded_tokens, counters.flops_executed, counters.flops_unpadded)
             try:
-                results = self._predict(items, dict(options))
+                results = self.runner.run_works([item.work for item in items], dict(options))
             except Exception as e:  # noqa: BLE001  handed to each waiting request, which maps it to a status
                 for item in items:
                     item.loop.call_soon_threadsafe(_fail, item.future, e)
                 continue
-            after = (counters.real_tokens, counters.padded_tokens, counters.flops_executed, counters.flops_unpadded)
-            self.metrics.tokens.labels("real").inc(after[0] - before[0])
-            self.metrics.tokens.labels("padded").inc(after[1] - before[1])
-            self.metrics.flops.labels("executed").inc(after[2] - before[2])
-            self.metrics.flops.labels("unpadded").inc(after[3] - before[3])
             for item, result in zip(items, results, strict=True):
                 item.loop.call_soon_threadsafe(_resolve, item.future, result)
-
-    def _predict(self, items: list[Item], options: dict[str, Any]) -> list[Any]:
-        if self.predictor.task == "question-answering":
-            contexts = [str(i.text[1]) for i in items]
-            return self.predictor.answer_windows(contexts, [i.windows or [] for i in items], **options)
-        return self.predictor.predict_encoded(
-            [i.text for i in items], Encoded.concat([i.encoded for i in items]), **options
-        )
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

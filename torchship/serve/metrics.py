@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from ..engine import Executed
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -33,6 +37,13 @@ class Metrics:
         self.rejected = Counter(
             "torchship_rejected", "Requests refused by backpressure or limits", ["reason"], registry=r
         )
+
+    def executed(self, e: Executed) -> None:
+        """The engine's hook: count every executed micro-batch's tokens and FLOPs."""
+        self.tokens.labels("real").inc(sum(e.lengths))
+        self.tokens.labels("padded").inc(e.rows * e.padded_length)
+        self.flops.labels("executed").inc(e.flops_executed)
+        self.flops.labels("unpadded").inc(e.flops_unpadded)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

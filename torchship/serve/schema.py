@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..options import ServeOptions
-from ..tasks.token_classification import STRATEGIES
+from ..tasks import Task
 
 
 class ErrorDetail(BaseModel):
@@ -110,46 +110,24 @@ def embeddings_response(dim: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-MAX_TOP_K = 100  # a server limit, not the library's: fill-mask decodes a whole sequence per candidate
-_POSITIVE = {"type": "integer", "minimum": 1}
-_TOP_K = {**_POSITIVE, "maximum": MAX_TOP_K}
-
-PARAMETERS: dict[str, dict[str, Any]] = {
-    "feature-extraction": {},
-    "fill-mask": {"top_k": {**_TOP_K, "default": 5}},
-    "text-classification": {"top_k": {"anyOf": [_TOP_K, {"type": "null"}], "default": None}},
-    "token-classification": {"aggregation_strategy": {"enum": list(STRATEGIES), "default": "none"}},
-    "question-answering": {
-        "top_k": {**_TOP_K, "default": 1},
-        "doc_stride": {**_POSITIVE, "default": 128},
-        "max_answer_len": {**_POSITIVE, "default": 15},
-    },
-}
-
-
-def predict_body(task: str, options: ServeOptions) -> dict[str, Any]:
-    parameters = {
-        "type": "object",
-        "properties": PARAMETERS[task],
-        "additionalProperties": False,
-        "description": f"{task} options" if PARAMETERS[task] else f"{task} takes no options",
-    }
-    if task == "question-answering":
-        schema = {
+def predict_body(task: Task, options: ServeOptions) -> dict[str, Any]:
+    """The /predict body of ``task``: its keyword fields, or texts (and text pairs where it takes them), and its
+    options as the task declares them (defaults and bounds from the same ``Param``s the runtime checks)."""
+    parameters = task.params_schema()
+    text = _text(options)
+    if task.fields:
+        schema: dict[str, Any] = {
             "type": "object",
-            "required": ["question", "context"],
+            "required": list(task.fields),
             "properties": {
-                "question": _one_or_many(_text(options), options),
-                "context": _one_or_many(_text(options), options),
+                **{name: _one_or_many(text, options) for name in task.fields},
                 "parameters": parameters,
             },
-            "description": "a question and its context; one of them and a list of the other; or equal-length lists",
+            "description": f"{' and '.join(task.fields)}: one of them and a list of the other, or equal-length lists",
         }
-        return _body(schema, "extractive question answering")
-    text = _text(options)
-    if task == "token-classification":
-        item: dict[str, Any] = text
-    else:  # in a list, an item may be a (text, text_pair) pair: two texts, each within max_input_chars
+        return _body(schema, f"{task.name} inputs")
+    item: dict[str, Any] = text
+    if task.takes_pairs:  # in a list, an item may be a (text, text_pair) pair: two texts, each within the limit
         pair = {"type": "array", "prefixItems": [text, text], "items": False, "minItems": 2, "maxItems": 2}
         item = {"anyOf": [text, pair]}
     schema = {
@@ -157,7 +135,7 @@ def predict_body(task: str, options: ServeOptions) -> dict[str, Any]:
         "required": ["inputs"],
         "properties": {"inputs": _one_or_many(text, options, item), "parameters": parameters},
     }
-    return _body(schema, f"{task} inputs")
+    return _body(schema, f"{task.name} inputs")
 
 
 METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import ArtifactError
-from . import Batch
+from . import Batch, Context, Task, register
 
 POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len")
 
@@ -29,14 +31,48 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, *, mode: str, normalize: bool
     return pooled
 
 
-def postprocess(batch: Batch, *, pooling: dict[str, Any]) -> list[torch.Tensor]:
-    mode = pooling.get("mode")
+def check_pooling(pooling: Mapping[str, Any] | None) -> dict[str, Any]:
+    mode = (pooling or {}).get("mode")
     if mode not in POOLING_MODES:
-        raise ArtifactError(f"manifest pooling mode {mode!r} is unknown; export the artifact again", path=".")
+        raise ArtifactError(
+            f"manifest pooling mode {mode!r} is unknown (known: {', '.join(POOLING_MODES)}); export the artifact "
+            "again with this torchship",
+            path=".",
+        )
+    return dict(pooling or {})
+
+
+def postprocess(batch: Batch, *, pooling: Mapping[str, Any]) -> list[np.ndarray]:
     pooled = pool(
         batch.outputs["last_hidden_state"].float(),
         batch.attention_mask,
-        mode=mode,
+        mode=pooling["mode"],
         normalize=bool(pooling.get("normalize")),
     )
-    return list(pooled.float())
+    return list(pooled.float().numpy())
+
+
+@register
+class FeatureExtraction(Task):
+    name = "feature-extraction"
+    auto_class = "AutoModel"
+    arch_suffix = "Model"
+    embeds = True
+    has_pooler = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Any:
+        return check_pooling(ctx.manifest.pooling)
+
+    def postprocess(
+        self, ctx: Context, prepared: Any, batch: Batch, payloads: list[Any], params: Mapping[str, Any]
+    ) -> list[Any]:
+        return postprocess(batch, pooling=prepared)
+
+    def finish(self, results: list[Any], single: bool) -> Any:
+        return np.stack(results)  # (n, dim) float32, a single text included
+
+    def to_json(self, result: Any) -> Any:
+        return np.asarray(result).tolist()
+
+    def export_info(self, config: Any, sentence_transformers: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pooling": {k: v for k, v in sentence_transformers.items() if k != "max_seq_length"}}

@@ -8,12 +8,15 @@ the best span across windows wins. Character offsets come from the tokenizer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from ..errors import InputError
+from ..errors import InputError, TaskMismatchError
+from ..tokenize import Encoded, check_texts
+from . import Batch, Context, Dims, Param, Request, Task, Work, register
 
 
 def windows(tokenizer: Tokenizer, question: str, context: str, *, max_length: int, doc_stride: int) -> list[Encoding]:
@@ -72,3 +75,79 @@ def answer(context: str, candidates: list[tuple[float, int, int, Encoding]], *, 
         if len(out) == top_k:
             break
     return out
+
+
+def pairs(question: object, context: object) -> list[tuple[str, str]]:
+    """Checked (question, context) pairs: a single question or context is paired with every item of the
+    other list; two lists must have equal lengths."""
+    if question is None or context is None:
+        raise InputError("question-answering needs both question= and context=")
+    questions = [str(q) for q in check_texts(question)]
+    contexts = [str(c) for c in check_texts(context)]
+    if isinstance(question, str):  # one question over many contexts, or many questions about one context
+        questions = questions * len(contexts)
+    elif isinstance(context, str):
+        contexts = contexts * len(questions)
+    if len(questions) != len(contexts):
+        raise InputError(
+            f"got {len(questions)} questions and {len(contexts)} contexts; pass lists of equal length, "
+            "or a single question or context to pair with every item of the other"
+        )
+    return list(zip(questions, contexts, strict=True))
+
+
+@register
+class QuestionAnswering(Task):
+    name = "question-answering"
+    auto_class = "AutoModelForQuestionAnswering"
+    arch_suffix = "ForQuestionAnswering"
+    params = (
+        Param("top_k", 1, "answers per (question, context); 1 returns the answer itself", server_max=100),
+        Param("doc_stride", 128, "tokens that consecutive context windows overlap by"),
+        Param("max_answer_len", 15, "longest answer, in tokens"),
+    )
+    fields = ("question", "context")
+
+    def parse(self, inputs: object, fields: Mapping[str, object]) -> Request:
+        if inputs is not None:
+            raise TaskMismatchError("question-answering takes question=... and context=..., not positional texts")
+        question, context = fields.get("question"), fields.get("context")
+        single = isinstance(question, str) and isinstance(context, str)
+        return Request(list(pairs(question, context)), single)
+
+    def works(self, ctx: Context, request: Request, params: Mapping[str, Any]) -> list[Work]:
+        """One work item per pair: a row per (question, context window), the window as the row's payload."""
+        out = []
+        for question, context in request.items:
+            ws = windows(
+                ctx.encoder.tokenizer, question, context, max_length=ctx.max_length, doc_stride=params["doc_stride"]
+            )
+            out.append(Work(Encoded.of(ws), ws, context))
+        return out
+
+    def postprocess(
+        self, ctx: Context, prepared: Any, batch: Batch, payloads: list[Any], params: Mapping[str, Any]
+    ) -> list[Any]:
+        start_logits = batch.outputs["start_logits"].float().numpy()  # (batch, seq)
+        end_logits = batch.outputs["end_logits"].float().numpy()
+        return [
+            [
+                (score, s, e, window)
+                for score, s, e in best_spans(
+                    start_logits[i, :n],
+                    end_logits[i, :n],
+                    window,
+                    max_answer_len=params["max_answer_len"],
+                    top_k=params["top_k"],
+                )  # fmt: skip
+            ]
+            for i, (n, window) in enumerate(zip(batch.lengths, payloads, strict=True))
+        ]
+
+    def combine(self, work: Work, results: list[Any], params: Mapping[str, Any]) -> Any:
+        answers = answer(work.data, [c for spans in results for c in spans], top_k=params["top_k"])
+        return answers[0] if params["top_k"] == 1 and answers else answers
+
+    def head_flops(self, dims: Dims, batch: int, seq: int, *, pooler: bool) -> int:
+        dense = 2 * batch * seq * dims.hidden * dims.hidden if dims.head_dense else 0
+        return dense + 2 * batch * seq * dims.hidden * 2

@@ -6,14 +6,15 @@ offsets from the tokenizer, word grouping by the tokenizer's subword prefix, B-/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from ..errors import InputError
-from . import Batch
+from . import Batch, Context, Dims, Param, Task, Work, register
+from .text_classification import labels_of
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -26,12 +27,6 @@ class RowText:
     ids: np.ndarray
     offsets: list[tuple[int, int]]
     special: list[int]
-
-
-def check_strategy(strategy: str) -> str:
-    if strategy not in STRATEGIES:
-        raise InputError(f"aggregation_strategy {strategy!r} is invalid; choose one of: {', '.join(STRATEGIES)}")
-    return strategy
 
 
 def postprocess(
@@ -175,3 +170,34 @@ def _tokens_to_string(tokenizer: Tokenizer, tokens: list[str]) -> str:
 
 def _label(labels: dict[str, str], index: int) -> str:
     return labels.get(str(index), f"LABEL_{index}")
+
+
+@register
+class TokenClassification(Task):
+    name = "token-classification"
+    auto_class = "AutoModelForTokenClassification"
+    arch_suffix = "ForTokenClassification"
+    params = (Param("aggregation_strategy", "none", "how sub-word predictions become entities", "choice", STRATEGIES),)
+    takes_pairs = False
+
+    def works(self, ctx: Context, request: Any, params: Mapping[str, Any]) -> list[Work]:
+        encoded = ctx.encoder.encode(request.items)
+        return [
+            Work(encoded.select([i]), [RowText(text, encoded.ids[i], encoded.offsets[i], encoded.special[i])])
+            for i, text in enumerate(request.items)
+        ]
+
+    def postprocess(
+        self, ctx: Context, prepared: Any, batch: Batch, payloads: list[Any], params: Mapping[str, Any]
+    ) -> list[Any]:
+        return postprocess(
+            batch, payloads, labels=ctx.manifest.labels or {}, strategy=params["aggregation_strategy"],
+            tokenizer=ctx.encoder.tokenizer,
+        )  # fmt: skip
+
+    def export_info(self, config: Any, sentence_transformers: Mapping[str, Any]) -> dict[str, Any]:
+        return {"labels": labels_of(config)}
+
+    def head_flops(self, dims: Dims, batch: int, seq: int, *, pooler: bool) -> int:
+        dense = 2 * batch * seq * dims.hidden * dims.hidden if dims.head_dense else 0
+        return dense + 2 * batch * seq * dims.hidden * dims.labels

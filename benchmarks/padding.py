@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CORPUS, corpus, gemm_peak, machine, pin_threads, timed  # noqa: E402
 
 import torchship  # noqa: E402
+from torchship.engine import Counters  # noqa: E402
 
 MEMORY_PROBE = """
 import sys, torch, torchship
@@ -109,9 +110,10 @@ def main() -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # 4 texts over 256 tokens: every contender truncates
                 ts_times[name], _ = timed(lambda v=variant: v(texts), args.repeats)
-                variant.counters.reset()
-                variant(texts)  # one counted pass
-            counted[name] = variant.counters
+                counters = Counters()  # a hook that counts one pass
+                variant.engine.hooks.append(counters)
+                variant(texts)
+            counted[name] = counters
     pin_threads(args.threads)
     best = min(ts_times, key=ts_times.__getitem__)
     ts_time = ts_times[best]

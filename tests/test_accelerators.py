@@ -91,7 +91,7 @@ def test_cuda_export_and_run(tiny_bert_dir: Path, tmp_path: Path, dtype: str) ->
     assert m["device"] == "cuda"
     assert all(e["parity"]["passed"] for e in m["formats"]["torchscript"])
     predictor = torchship.load(art)
-    assert predictor.device.type == "cuda"
+    assert predictor.engine.device.type == "cuda"
     assert predictor(TEXTS).shape == (3, 32)
 
 

@@ -24,6 +24,7 @@ TASK_TESTS = {
     "token-classification": "test_token_classification_matches_pipeline",
     "question-answering": "test_question_answering_finds_the_best_span_across_windows",
 }
+AOTI_FAMILY = "bert"  # every task is also compiled with AOTInductor on this family (minutes each on 2 cores)
 TEXTS = ["Jim Henson was a puppeteer in New York.", "Sesame Street", "the muppets were filmed in london studios"]
 
 
@@ -58,7 +59,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path):
         if (family, task) not in cache:
             root = tmp_path_factory.mktemp(f"{family}-{task}")
             src = _save(root / "model", family, task, demo_dir)
-            art = torchship.export(src, root / "art", torchship.ExportOptions(task="auto", seq_lengths=(8, 32)))
+            formats = ("torchscript", "onnx", "aoti") if family == AOTI_FAMILY else ("torchscript", "onnx")
+            options = torchship.ExportOptions(task="auto", seq_lengths=(8, 32), formats=formats)
+            art = torchship.export(src, root / "art", options)
             cache[family, task] = (src, art)
         return cache[family, task]
 
@@ -78,6 +81,7 @@ def test_raw_parity_at_untraced_shapes(family: str, task: str, exported) -> None
     src, art = exported(family, task)
     predictor = torchship.load(art)
     assert predictor.task == task
+    assert set(predictor.backends) >= {"torchscript", "onnx"}
     eager = _eager(src, task)
     atol = registry.get_spec(family).atol
     torch.manual_seed(2)
@@ -89,13 +93,14 @@ def test_raw_parity_at_untraced_shapes(family: str, task: str, exported) -> None
         inputs = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in predictor.input_names:
             inputs["token_type_ids"] = (torch.arange(seq) > seq // 2).long().expand(batch, seq)
-        got = predictor.run(**inputs)
         with torch.inference_mode():
             want = eager(**inputs)
-        for name, value in got.items():
-            ref = want[name]
-            diff = (value - ref)[mask.bool()] if predictor.seq_axis(name) == 1 else value - ref
-            assert diff.abs().max() <= atol, f"{family}/{task}/{name} at {batch}x{seq}"
+        for fmt in predictor.backends:  # every format of the cell, not only the one routing would pick
+            got = predictor.run(**inputs, format=fmt)
+            for name, value in got.items():
+                ref = want[name]
+                diff = (value - ref)[mask.bool()] if predictor.seq_axis(name) == 1 else value - ref
+                assert diff.abs().max() <= atol, f"{family}/{task}/{fmt}/{name} at {batch}x{seq}"
 
 
 def _pipeline(task: str, src: Path):
@@ -230,3 +235,25 @@ def test_flop_model_matches_torch_flop_counter(family: str, task: str) -> None:
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
     pooler = "pooler_output" in out
     assert torchship.flops(config, 3, 40, task, pooler=pooler) == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_export_at_the_familys_true_length_limit(family: str, demo_dir: Path, tmp_path: Path) -> None:
+    """RoBERTa-style families number positions from pad_token_id + 1, so max_position_embeddings overstates
+    their limit; the spec knows, and an export right at the limit holds parity while one past it is refused."""
+    import transformers
+
+    src = _save(tmp_path / "model", family, "feature-extraction", demo_dir)
+    config = transformers.AutoConfig.from_pretrained(src)
+    spec = registry.get_spec(family)
+    limit = spec.max_positions(config)
+    assert limit is not None
+    if spec.position_offset:
+        assert limit == config.max_position_embeddings - config.pad_token_id - 1
+    options = torchship.ExportOptions(seq_lengths=(8,), max_length=limit, batch_size=1)
+    predictor = torchship.load(torchship.export(src, tmp_path / "art", options))
+    assert predictor.max_length == limit
+    assert predictor.buckets == [8, limit]  # --max-length above the largest bucket is a bucket of its own
+    assert predictor.manifest.formats["torchscript"][-1].parity["passed"] is True
+    with pytest.raises(torchship.OptionsError, match=f"exceeds the {limit} positions .* --max-length {limit} or less"):
+        torchship.export(src, tmp_path / "over", torchship.ExportOptions(seq_lengths=(8,), max_length=limit + 1))

@@ -135,7 +135,7 @@ def test_interrupted_export_leaves_nothing_loadable(tiny_bert_dir: Path, tmp_pat
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torchscript, "export", boom)
+    monkeypatch.setattr(torchscript.TorchScript, "export", boom)
     with pytest.raises(KeyboardInterrupt):
         torchship.export(tiny_bert_dir, tmp_path / "out", torchship.ExportOptions(seq_lengths=(8,)))
     assert list(tmp_path.iterdir()) == []

@@ -210,7 +210,7 @@ def test_predict_is_task_native(tiny_mlm_artifact: Path) -> None:
         assert "/v1/embeddings" not in spec["paths"]  # documented only where it answers
         body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["required"] == ["inputs"]
-        top_k = {"type": "integer", "minimum": 1, "maximum": 100, "default": 5}
+        top_k = {"type": "integer", "minimum": 1, "maximum": 100, "default": 5, "description": "candidates per mask"}
         assert body["properties"]["parameters"]["properties"] == {"top_k": top_k}
         assert body["properties"]["parameters"]["additionalProperties"] is False
         r = httpx.post(f"{url}/predict", json={"inputs": ["a [MASK]"], "parameters": {"top_k": 30000}})

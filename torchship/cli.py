@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
     p.add_argument("--device", default="cpu", help="trace and run on: cpu, cuda, cuda:N")
     p.add_argument(
+        "--attn-implementation",
+        choices=["eager", "sdpa"],
+        default=None,
+        help="attention to trace (default: the family's measured choice)",
+    )
+    p.add_argument(
         "--dtype", default="float32", choices=DTYPES, help="int8: ONNX Runtime dynamic quantization (--format onnx)"
     )
 
@@ -183,6 +189,7 @@ def _export(args: argparse.Namespace) -> int:
         progress=True,
         device=args.device,
         dtype=args.dtype,
+        attn_implementation=args.attn_implementation,
     )
     path = export(args.model, args.output_dir, options)
     _print_info(path)
@@ -190,8 +197,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
+    from .errors import OptionsError
     from .textfile import read_texts
 
+    if args.file is not None and not args.file.is_file():
+        raise OptionsError(f"--file {args.file} does not exist; give a file of texts, one per line or JSON lines")
     return list(args.texts) + (read_texts(args.file) if args.file is not None else [])
 
 

@@ -54,7 +54,7 @@ def export(model: str | Path, output_dir: str | Path, options: ExportOptions | N
         tqdm(total=3, desc="export", unit="step", disable=not options.progress, file=sys.stderr) as steps,
     ):
         steps.set_postfix_str("loading model")
-        loaded = load_eager(src, options.task)
+        loaded = load_eager(src, options.task, options.attn_implementation)
         steps.update()
         with artifact.atomic_dir(output_dir, overwrite=options.overwrite) as tmp:
             manifest = _build(tmp, src, loaded, options, steps)
@@ -101,7 +101,11 @@ def _build(
         buckets = sorted({min(s, max_length) for s in options.seq_lengths} | {max_length})
     manifest = artifact.Manifest(
         task=task.name,
-        architecture={"model_type": config.model_type, "class": type(loaded.model).__name__},
+        architecture={
+            "model_type": config.model_type,
+            "class": type(loaded.model).__name__,
+            "attn_implementation": str(loaded.model.config._attn_implementation),
+        },
         inputs=list(input_names),
         outputs=list(output_names),
         output_axes=output_axes,
@@ -244,7 +248,7 @@ class EagerModel:
         self.transformers_version = transformers.__version__
 
 
-def load_eager(src: source.ModelSource, task_name: str) -> EagerModel:
+def load_eager(src: source.ModelSource, task_name: str, attn_implementation: str | None = None) -> EagerModel:
     import transformers
 
     try:
@@ -259,7 +263,8 @@ def load_eager(src: source.ModelSource, task_name: str) -> EagerModel:
         )
     auto = getattr(transformers, task.auto_class)
     try:
-        model = auto.from_pretrained(src.path, attn_implementation=spec.attn_implementation).eval()
+        attn = attn_implementation or spec.attn_implementation
+        model = auto.from_pretrained(src.path, attn_implementation=attn).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(src.path)
     except (OSError, ValueError) as e:
         raise UnsupportedModelError(f"cannot load {src.name} for task {task.name}: {e}") from e

@@ -44,6 +44,7 @@ class ExportOptions:
     (default ``$TORCHSHIP_CACHE`` or ``~/.cache/torchship``). ``dtype`` float16 or bfloat16 traces the model
     in that dtype on ``device``; int8 is ONNX Runtime's dynamic quantization of the float32 ONNX graph (CPU).
     Either way the drift from float32 is measured and recorded as ``manifest["precision"]``.
+    ``atol`` and ``attn_implementation`` default to the architecture's ``ArchSpec`` (its measured choice).
     """
 
     task: str = "auto"
@@ -60,8 +61,14 @@ class ExportOptions:
     cache_dir: Path | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    attn_implementation: str | None = None
 
     def __post_init__(self) -> None:
+        if self.attn_implementation not in (None, "eager", "sdpa"):
+            raise OptionsError(
+                f"attn_implementation {self.attn_implementation!r} is invalid; choose 'eager' or 'sdpa' (or leave it "
+                "unset for the family's measured default)"
+            )
         if self.formats == ("all",):
             object.__setattr__(self, "formats", ALL_FORMATS)
         from . import formats, tasks  # the registries: what exists, and what each format can be exported for

@@ -136,7 +136,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         except SequenceTooLongError as e:
             raise HTTPError(413, f"{e} (or start the server with --truncate)", "too_many_tokens") from e
         except TaskMismatchError as e:
-            raise HTTPError(400, f"this artifact serves {task.name}: {e}", "wrong_task") from e
+            raise HTTPError(400, str(e), "wrong_task") from e
         except InputError as e:
             raise HTTPError(422, str(e), "invalid_request") from e
         loop = asyncio.get_running_loop()

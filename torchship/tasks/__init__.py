@@ -156,7 +156,11 @@ class Task:
         """Positional texts (or text pairs) -> a Request; keyword fields belong to other tasks."""
         given = sorted(k for k, v in fields.items() if v is not None)
         if given:
-            raise TaskMismatchError(f"{', '.join(given)} are not inputs of {self.name}; pass texts")
+            owners = [t.name for t in _REGISTRY.values() if set(given) & set(t.fields)]
+            raise TaskMismatchError(
+                f"this artifact serves {self.name}, not {' or '.join(owners) or 'a task with keyword inputs'}: "
+                f"{', '.join(given)} are not its inputs; pass texts"
+            )
         from ..tokenize import check_texts
 
         if inputs is None:

@@ -53,7 +53,7 @@ def main() -> int:
                 for batch, seq in SHAPES:
                     ids = torch.randint(1000, 2000, (batch, seq), generator=torch.Generator().manual_seed(0))
                     padded = engine.pad({"input_ids": ids}, backend.pad_length(seq))
-                    median, _ = timed(lambda p=padded, b=backend: engine.forward(b, p), args.repeats, warmup=3)
+                    median, _ = timed(lambda p=padded, b=backend, e=engine: e.forward(b, p), args.repeats, warmup=3)
                     row[f"{batch}x{seq}"] = median * 1e3
                 results[f"{attn} {fmt}"] = row
                 embeddings[f"{attn} {fmt}"] = predictor(texts)

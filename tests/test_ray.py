@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ import pytest
 import torchship
 from tests.conftest import corpus_texts, free_port
 from torchship.cli import main
-from torchship.embed import EmbedOptions, embed_file
+from torchship.embed import RECORD, EmbedOptions, embed_dataset, embed_file
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +87,7 @@ def test_embed_on_ray_equals_in_process(
 ) -> None:
     local, remote = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     embed_file(demo_artifact, corpus_file, local, EmbedOptions(batch_size=32))
-    summary = embed_file(demo_artifact, corpus_file, remote, EmbedOptions(batch_size=32, ray=True, actors=2))
+    summary = embed_file(demo_artifact, corpus_file, remote, EmbedOptions(batch_size=32, ray=True, actors=(2, 2)))
     texts = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
     over = _over_long(demo_artifact, texts)
     assert summary == {
@@ -137,6 +140,62 @@ def test_txt_and_parquet_inputs(demo_artifact: Path, tmp_path: Path) -> None:
         demo_artifact, tmp_path / "in.parquet", tmp_path / "b.parquet", EmbedOptions(text_field="body", id_field="key")
     )
     assert _read(tmp_path / "b.parquet").column("id").to_pylist() == ["x", "y"]
+
+
+def _actor_pids() -> list[int]:
+    """The processes of Ray Data's map actors (their process title names the operator)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, PermissionError, NotADirectoryError):
+            continue
+        if b"MapWorker" in cmdline and b"_PartActor" in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+def test_dataset_on_ray_is_exactly_once_when_an_actor_is_killed(
+    local_ray: None, demo_artifact: Path, corpus_file: Path, tmp_path: Path
+) -> None:
+    """Kill one embedding actor's process mid-run: Ray restarts it and retries its part, and since a part is
+    written whole under a temporary name and renamed, the dataset still holds every row exactly once."""
+    import pyarrow.dataset as ds
+
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    embed_dataset(demo_artifact, str(corpus_file), str(local), EmbedOptions(rows_per_part=10, batch_size=32))
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not killed:
+            record = remote / RECORD
+            done = json.loads(record.read_text())["parts"] if record.is_file() else {}
+            pids = _actor_pids()
+            if len(done) >= 2 and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        summary = embed_dataset(
+            demo_artifact, str(corpus_file), str(remote),
+            EmbedOptions(rows_per_part=10, batch_size=32, ray=True, actors=(1, 2)),
+        )  # fmt: skip
+    finally:
+        thread.join()
+    assert killed, "no actor was found to kill"
+    assert summary["rows"] == 150
+    a = ds.dataset(local, format="parquet").to_table().sort_by("row")
+    b = ds.dataset(remote, format="parquet").to_table().sort_by("row")
+    assert b.column("row").to_pylist() == list(range(150))  # every row, once
+    assert b.column("id").to_pylist() == a.column("id").to_pylist()
+    np.testing.assert_allclose(
+        np.array(b.column("embedding").to_pylist()), np.array(a.column("embedding").to_pylist()), atol=1e-6
+    )
+    assert not [p for p in os.listdir(remote) if p.startswith(".")]
 
 
 def test_ray_serve_deployment_answers_embeddings(local_ray: None, demo_artifact: Path) -> None:

@@ -100,17 +100,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="deploy on Ray Serve (join ADDRESS, or start a local Ray)")  # fmt: skip
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
 
-    p = sub.add_parser("embed", help="embed a corpus file (.jsonl, .parquet, .txt) into Parquet")
+    p = sub.add_parser("embed", help="embed a corpus into a Parquet dataset (resumable), or one Parquet file")
     p.add_argument("artifact", metavar="ARTIFACT")
-    p.add_argument("--input", type=Path, required=True, help=".jsonl, .parquet or .txt")
-    p.add_argument("--output", type=Path, required=True, help="FILE.parquet")
+    p.add_argument("--input", required=True, help="a file, a directory or a glob of .jsonl, .jsonl.gz, .txt, .parquet")
+    p.add_argument("--output", required=True, help="a directory (a resumable Parquet dataset), or FILE.parquet")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=1024, help="rows embedded at a time")
+    p.add_argument("--rows-per-part", type=int, default=10_000, help="rows per part file: the unit of resuming")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="what a bad row does")
+    p.add_argument("--overwrite", action="store_true", help="replace what --output holds instead of resuming it")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on Ray Data (join ADDRESS, or start a local Ray)")  # fmt: skip
-    p.add_argument("--actors", type=int, default=2, help="Predictor actors in the Ray pool")
+    p.add_argument("--actors", default="2", help="Ray actor pool size: N, or MIN,MAX to autoscale")
 
     p = sub.add_parser("tokenize", help="token ids as JSON lines, for torchship-run (C++) and other consumers")
     p.add_argument("artifact", metavar="ARTIFACT")
@@ -283,22 +285,38 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .embed import EmbedOptions, embed_file
+    from .embed import EmbedOptions, embed_dataset, embed_file
 
+    actors = parse_int_list(args.actors, name="--actors")
+    if len(actors) > 2:
+        raise TorchshipError(f"--actors {args.actors}: give N, or MIN,MAX")
     options = EmbedOptions(
         text_field=args.text_field,
         id_field=args.id_field,
         batch_size=args.batch_size,
+        rows_per_part=args.rows_per_part,
         on_error=args.on_error,
         ray=args.ray is not None,
         ray_address=args.ray or None,
-        actors=args.actors,
+        actors=(actors[0], actors[-1]),
+        overwrite=args.overwrite,
         progress=True,
     )
-    summary = embed_file(args.artifact, args.input, args.output, options)
+    if args.output.lower().endswith(".parquet"):
+        summary = embed_file(args.artifact, args.input, Path(args.output), options)
+        print(
+            f"wrote {args.output}: {summary['embedded']} of {summary['rows']} rows embedded (dim {summary['dim']}), "
+            f"{summary['skipped']} skipped, {summary['truncated']} truncated to {summary['max_length']} tokens, "
+            f"{summary['seconds']:.1f} s, {summary['rows_per_s']:.0f} rows/s"
+        )
+        return 0
+    summary = embed_dataset(args.artifact, args.input, args.output, options)
+    resumed = f"; {summary['resumed_parts']} of {summary['parts']} parts were done before" if summary[
+        "resumed_parts"] else ""  # fmt: skip
     print(
-        f"wrote {args.output}: {summary['embedded']} of {summary['rows']} rows embedded (dim {summary['dim']}), "
-        f"{summary['skipped']} skipped, {summary['truncated']} truncated to {summary['max_length']} tokens"
+        f"wrote {args.output}: {summary['rows']} rows in {summary['parts']} parts, {summary['embedded']} embedded, "
+        f"{summary['skipped']} skipped, {summary['truncated']} truncated to {summary['max_length']} tokens; "
+        f"{summary['seconds']:.1f} s, {summary['rows_per_s']:.0f} rows/s{resumed}"
     )
     return 0
 

@@ -26,7 +26,8 @@ test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup tests/test_architectures.py  # the family x task matrix, on both cores
+	$(PY) -m pytest --ignore tests/test_architectures.py
 
 # The libtorch consumer: links the libtorch inside the torch wheel (installed into .venv first, so it works on a
 # fresh clone); installs cmake, nlohmann-json and OpenSSL's headers from Debian if missing.

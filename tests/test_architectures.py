@@ -15,7 +15,15 @@ from torchship.tasks import names as task_names
 
 TASKS = task_names()
 
-CELLS = [(family, task) for family in FAMILIES for task in TASKS]
+
+def _grouped(family: str, *rest: str):  # noqa: ANN202
+    """A parameter set that pytest-xdist's loadgroup keeps on one worker with its family's other tests, so each
+    (family, task) artifact is exported once (`make test` runs this module on 2 workers)."""
+    return pytest.param(family, *rest, marks=pytest.mark.xdist_group(family))
+
+
+CELLS = [_grouped(family, task) for family in FAMILIES for task in TASKS]
+GROUPED_FAMILIES = [_grouped(family) for family in FAMILIES]
 # The task-level test of each task; tools/support_matrix.py reads their results by these names.
 TASK_TESTS = {
     "feature-extraction": "test_feature_extraction_pools_the_pipeline_states",
@@ -109,7 +117,7 @@ def _pipeline(task: str, src: Path):
     return pipeline(task, model=str(src), device="cpu")
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", GROUPED_FAMILIES)
 def test_feature_extraction_pools_the_pipeline_states(family: str, exported) -> None:
     src, art = exported(family, "feature-extraction")
     got = torchship.load(art)(TEXTS)
@@ -118,7 +126,7 @@ def test_feature_extraction_pools_the_pipeline_states(family: str, exported) -> 
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", GROUPED_FAMILIES)
 def test_fill_mask_matches_pipeline(family: str, exported) -> None:
     src, art = exported(family, "fill-mask")
     text = "Jim Henson was a [MASK] in new york."
@@ -129,7 +137,7 @@ def test_fill_mask_matches_pipeline(family: str, exported) -> None:
     np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-5)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", GROUPED_FAMILIES)
 def test_text_classification_matches_pipeline(family: str, exported) -> None:
     src, art = exported(family, "text-classification")
     predictor, pipe = torchship.load(art), _pipeline("text-classification", src)
@@ -142,8 +150,7 @@ def test_text_classification_matches_pipeline(family: str, exported) -> None:
 
 @pytest.mark.parametrize(
     ("family", "strategy"),
-    [(f, s) for f in FAMILIES for s in ("none", "simple", "first", "average", "max")],
-    ids=lambda v: v,
+    [_grouped(f, s) for f in FAMILIES for s in ("none", "simple", "first", "average", "max")],
 )
 def test_token_classification_matches_pipeline(family: str, strategy: str, exported) -> None:
     src, art = exported(family, "token-classification")
@@ -156,7 +163,7 @@ def test_token_classification_matches_pipeline(family: str, strategy: str, expor
         assert g["score"] == pytest.approx(float(w["score"]), abs=1e-5)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", GROUPED_FAMILIES)
 def test_question_answering_finds_the_best_span_across_windows(family: str, exported) -> None:
     from transformers import AutoTokenizer
 
@@ -199,6 +206,7 @@ def test_question_answering_finds_the_best_span_across_windows(family: str, expo
     assert len(several[0]) == 2
 
 
+@pytest.mark.xdist_group("bert")
 def test_question_answering_input_errors(exported) -> None:
     _, art = exported("bert", "question-answering")
     predictor = torchship.load(art)
@@ -237,7 +245,7 @@ def test_flop_model_matches_torch_flop_counter(family: str, task: str) -> None:
     assert torchship.flops(config, 3, 40, task, pooler=pooler) == counter.get_total_flops()
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", GROUPED_FAMILIES)
 def test_export_at_the_familys_true_length_limit(family: str, demo_dir: Path, tmp_path: Path) -> None:
     """RoBERTa-style families number positions from pad_token_id + 1, so max_position_embeddings overstates
     their limit; the spec knows, and an export right at the limit holds parity while one past it is refused."""
@@ -248,8 +256,8 @@ def test_export_at_the_familys_true_length_limit(family: str, demo_dir: Path, tm
     spec = registry.get_spec(family)
     limit = spec.max_positions(config)
     assert limit is not None
-    if spec.position_offset:
-        assert limit == config.max_position_embeddings - config.pad_token_id - 1
+    # RoBERTa and XLM-R count from pad_token_id + 1 (0 + 1 here); MPNet from a fixed padding index 1 + 1
+    assert limit == {"roberta": 513, "xlm-roberta": 513, "mpnet": 512}.get(family, config.max_position_embeddings)
     options = torchship.ExportOptions(seq_lengths=(8,), max_length=limit, batch_size=1)
     predictor = torchship.load(torchship.export(src, tmp_path / "art", options))
     assert predictor.max_length == limit

@@ -48,7 +48,7 @@ def _dataset(path: Path):
 @pytest.fixture(scope="module")
 def reference(demo_artifact: Path, shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "out"
-    embed_dataset(demo_artifact, str(shards / "*.*l*"), str(out), EmbedOptions(rows_per_part=PER_PART, batch_size=64))
+    embed_dataset(demo_artifact, str(shards / "*.[jt]*"), str(out), EmbedOptions(rows_per_part=PER_PART, batch_size=64))
     return out
 
 
@@ -115,7 +115,7 @@ def test_resume_after_a_crash_gives_every_row_exactly_once(
         (out / names[3]).write_bytes((tmp_path / "again" / names[3]).read_bytes())
     record["complete"] = False
     (out / RECORD).write_text(json.dumps(record))
-    summary = embed_dataset(demo_artifact, str(shards / "*.*l*"), str(out), EmbedOptions(rows_per_part=PER_PART))
+    summary = embed_dataset(demo_artifact, str(shards / "*.[jt]*"), str(out), EmbedOptions(rows_per_part=PER_PART))
     assert summary["resumed_parts"] == 3
     assert summary["rows"] == ROWS
     assert not [p for p in os.listdir(out) if p.startswith(".")]
@@ -124,7 +124,7 @@ def test_resume_after_a_crash_gives_every_row_exactly_once(
 
 def test_resume_after_kill_9_of_a_real_run(demo_artifact: Path, shards: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ["embed", str(demo_artifact), "--input", str(shards / "*.*l*"), "--output", str(out),
+    args = ["embed", str(demo_artifact), "--input", str(shards / "*.[jt]*"), "--output", str(out),
             "--rows-per-part", "10", "--batch-size", "16"]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "torchship.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -156,7 +156,7 @@ def test_a_rerun_refuses_to_mix_artifacts_options_or_inputs(
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["source"]["model"] = "another export"
     (other / "manifest.json").write_text(json.dumps(manifest))
-    base = ["embed", "--input", str(shards / "*.*l*"), "--output", str(out)]
+    base = ["embed", "--input", str(shards / "*.[jt]*"), "--output", str(out)]
     assert main([base[0], str(other), *base[1:], "--rows-per-part", str(PER_PART)]) == 1
     assert "holds a job with another artifact" in capsys.readouterr().err
     assert main([base[0], str(demo_artifact), *base[1:], "--rows-per-part", "30"]) == 1

@@ -90,7 +90,7 @@ def test_embed_on_ray_equals_in_process(
     summary = embed_file(demo_artifact, corpus_file, remote, EmbedOptions(batch_size=32, ray=True, actors=(2, 2)))
     texts = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
     over = _over_long(demo_artifact, texts)
-    assert summary == {
+    assert {k: v for k, v in summary.items() if k not in ("seconds", "rows_per_s")} == {
         "rows": 150,
         "embedded": 150,
         "skipped": 0,

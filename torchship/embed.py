@@ -423,7 +423,7 @@ def _run_ray(artifact: Path, output: str, todo: list[Part], options: EmbedOption
         },  # fmt: skip
         batch_size=1,
         batch_format="numpy",
-        concurrency=options.actors,
+        compute=ray.data.ActorPoolStrategy(min_size=options.actors[0], max_size=options.actors[1]),
         num_cpus=1,
     )
     for row in results.iter_rows():
@@ -529,7 +529,8 @@ def _embed_file_ray(
     if items:
         dataset = ray.data.from_items(items).map_batches(
             _RowsActor, fn_constructor_kwargs={"artifact": str(Path(artifact).absolute())},
-            batch_size=options.batch_size, batch_format="numpy", concurrency=options.actors, num_cpus=1,
+            batch_size=options.batch_size, batch_format="numpy", num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(min_size=options.actors[0], max_size=options.actors[1]),
         )  # fmt: skip
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for r, v, t in zip(batch["row"], batch["embedding"], batch["truncated"], strict=True):

@@ -283,8 +283,8 @@ def _max_length(config: Any, spec: registry.ArchSpec, st: dict[str, Any], option
     if options.max_length is not None:
         if positions is not None and options.max_length > positions:
             why = f"max_position_embeddings {config.max_position_embeddings}"
-            if spec.position_offset:
-                why += " less pad_token_id + 1, as positions start after the padding index"
+            if spec.position_padding is not None:
+                why += f", less {config.max_position_embeddings - positions}: positions start after the padding index"
             raise OptionsError(
                 f"max_length {options.max_length} exceeds the {positions} positions this {config.model_type} "
                 f"checkpoint can take ({why}); pass --max-length {positions} or less"

@@ -31,8 +31,9 @@ class ArchSpec:
     ``atol``: the default parity tolerance against the eager model (``--atol`` overrides it).
     ``attn_implementation``: what the eager model is traced with, chosen per family by measurement (README,
     "Attention implementation"); ``"eager"`` where transformers has no SDPA path.
-    ``position_offset``: RoBERTa-style families number positions from ``pad_token_id + 1``, so only
-    ``max_position_embeddings - pad_token_id - 1`` positions are usable.
+    ``position_padding``: RoBERTa-style families number positions from a padding index + 1, so only
+    ``max_position_embeddings - index - 1`` positions are usable; the index is the config's ``pad_token_id``
+    (``"pad_token_id"``: RoBERTa, XLM-R) or fixed (MPNet's is 1 whatever the config says).
     ``config_aliases``: config attribute names this family uses for the FLOP model's standard ones.
     ``glu_ffn``: the FFN is a GLU (3 h i instead of 2 h i). ``head_dense``: per-token heads start with a
     hidden x hidden dense. ``relative_attention``: DeBERTa-v2's disentangled attention terms.
@@ -45,7 +46,7 @@ class ArchSpec:
     tied_weights: tuple[tuple[str, str], ...] = ()
     atol: float = 1e-4
     attn_implementation: str = "sdpa"
-    position_offset: bool = False
+    position_padding: str | int | None = None
     config_aliases: tuple[tuple[str, str], ...] = ()
     glu_ffn: bool = False
     head_dense: bool = False
@@ -63,8 +64,9 @@ class ArchSpec:
         limit = int(config_get(config, "max_position_embeddings") or 0)
         if not limit:
             return None
-        if self.position_offset:
-            limit -= int(config_get(config, "pad_token_id") or 0) + 1
+        if self.position_padding is not None:
+            index = self.position_padding
+            limit -= int(config_get(config, "pad_token_id") or 0 if index == "pad_token_id" else index) + 1
         return limit
 
     def dim(self, config: Any, key: str, default: int | None = None) -> int:
@@ -142,7 +144,7 @@ def _roberta() -> ArchSpec:
         "roberta",
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
-        position_offset=True,
+        position_padding="pad_token_id",
         ort_fusion="bert",
     )
 
@@ -153,7 +155,7 @@ def _xlm_roberta() -> ArchSpec:
         "xlm-roberta",
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
-        position_offset=True,
+        position_padding="pad_token_id",
         ort_fusion="bert",
     )
 
@@ -182,7 +184,7 @@ def _mpnet() -> ArchSpec:
     return ArchSpec(
         "mpnet",
         tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
-        position_offset=True,
+        position_padding=1,  # MPNetEmbeddings.padding_idx, fixed
         attn_implementation="eager",  # transformers has no SDPA path for MPNet
     )
 

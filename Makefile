@@ -16,7 +16,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(PY)
 
 $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PIP) install -e '.[demo,test]'
-	touch $@
+	touch $@ $(VENV)/.demo-installed  # the test extra holds the demo one
 
 demo: $(VENV)/.demo-installed
 	$(VENV)/bin/torchship export demo artifacts/minilm --overwrite
@@ -26,8 +26,7 @@ test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -n 2 --dist loadgroup tests/test_architectures.py  # the family x task matrix, on both cores
-	$(PY) -m pytest --ignore tests/test_architectures.py
+	$(PY) -m pytest -n 2 --dist loadgroup  # both cores; tests/conftest.py keeps each module (or family) on one worker
 
 # The libtorch consumer: links the libtorch inside the torch wheel (installed into .venv first, so it works on a
 # fresh clone); installs cmake, nlohmann-json and OpenSSL's headers from Debian if missing.

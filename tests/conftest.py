@@ -97,3 +97,12 @@ def copy_artifact(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs on 2 pytest-xdist workers with --dist loadgroup: each test module stays on one worker (its
+    module-scoped fixtures, such as compiled artifacts and a local Ray, are built once), except where a test
+    names a finer group (the architecture matrix groups by family)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else "other"))

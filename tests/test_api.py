@@ -50,6 +50,22 @@ def test_errors_subclass_builtins() -> None:
     assert issubclass(torchship.InputError, ValueError)
     assert issubclass(torchship.ChecksumError, torchship.ArtifactError)
     assert issubclass(torchship.ParityError, RuntimeError)
+    from torchship.errors import QueueFullError, TaskMismatchError
+
+    assert issubclass(QueueFullError, torchship.TorchshipError)  # inside the tree, where callers catch it
+    assert issubclass(TaskMismatchError, torchship.InputError)
+
+
+def test_an_unsupported_pooling_is_an_unsupported_model(tmp_path) -> None:
+    import json
+
+    from torchship.source import read_sentence_transformers
+
+    (tmp_path / "modules.json").write_text(json.dumps([{"type": "sentence_transformers.models.Pooling", "path": "p"}]))
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "config.json").write_text(json.dumps({"pooling_mode_weightedmean_tokens": True}))
+    with pytest.raises(torchship.UnsupportedModelError, match="pooling none is not supported"):
+        read_sentence_transformers(tmp_path)
 
 
 def test_unknown_architecture_lists_the_supported_ones() -> None:

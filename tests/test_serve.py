@@ -333,3 +333,12 @@ def test_question_answering_runs_through_the_batcher(demo_dir: Path, tmp_path: P
     assert answered.json()["outputs"] == json.loads(json.dumps(want))  # one answer per question, as the library's
     real = next(line for line in metrics.splitlines() if line.startswith('torchship_tokens_total{kind="real"}'))
     assert float(real.split()[-1]) > 4 * 200  # the windows ran in the batcher, which counts their tokens
+
+
+def test_the_servers_batch_limits_reach_the_engine(demo_artifact: Path) -> None:
+    """--max-batch-size 256 must mean 256 rows per forward pass, not the library's default of 64."""
+    app = create_app(demo_artifact, ServeOptions(max_batch_size=256, max_batch_tokens=256 * 16))
+    engine = app.state.predictor.engine
+    assert (engine.options.micro_batch_size, engine.options.max_batch_tokens) == (256, 256 * 16)
+    jobs = engine.plan(np.full(200, 9))  # 200 rows of one length: one micro-batch, not four of 64
+    assert [len(rows) for rows, _, _ in jobs] == [200]

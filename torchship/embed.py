@@ -286,7 +286,7 @@ def embed_dataset(artifact: str | Path, input_spec: str, output: str, options: E
 
     started = time.perf_counter()
     artifact = Path(artifact)
-    _check_artifact(artifact)  # before any output is touched
+    max_length = _check_artifact(artifact)  # before any output is touched
     embed = None if options.ray else Embedder(artifact)  # on Ray, each actor loads its own
     filesystem, root = shard_io._fs(output)
     filesystem.create_dir(root, recursive=True)
@@ -362,27 +362,25 @@ def embed_dataset(artifact: str | Path, input_spec: str, output: str, options: E
         "resumed_parts": len(parts) - len(todo),
         "seconds": round(seconds, 3),
         "rows_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
-        "max_length": _max_length(artifact),
+        "max_length": max_length,
     }
 
 
-def _check_artifact(artifact: Path) -> None:
+def _check_artifact(artifact: Path) -> int:
+    """The artifact's max_length, after checking that it embeds."""
     from . import artifact as artifacts
     from . import tasks
 
     manifest = artifacts.read_manifest(artifact)
     if not tasks.get(manifest.task).embeds:
         raise OptionsError(f"torchship embed needs a feature-extraction artifact; this one is {manifest.task}")
+    return manifest.max_length
 
 
 def _listing(filesystem: Any, root: str) -> list[Any]:
     from pyarrow import fs
 
     return [i for i in filesystem.get_file_info(fs.FileSelector(root)) if i.type == fs.FileType.File]
-
-
-def _max_length(artifact: Path) -> int:
-    return int(json.loads((artifact / "manifest.json").read_text())["max_length"])
 
 
 def _index(found: list[Shard], options: EmbedOptions) -> list[Shard]:

@@ -14,7 +14,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from . import buckets
-from .artifact import MANIFEST, TOKENIZER_DIR
+from .artifact import MANIFEST, read_manifest
 from .errors import OptionsError
 from .flops import flops
 from .textfile import read_texts
@@ -38,11 +38,11 @@ def model_info(model: str | Path, max_length: int | None = None) -> ModelInfo:
     """Read an artifact directory (no transformers needed) or resolve a checkpoint."""
     path = Path(model)
     if (path / MANIFEST).is_file():
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = read_manifest(path)
         config = json.loads((path / "config.json").read_text())
-        tokenizer = Tokenizer.from_file(str(path / TOKENIZER_DIR / "tokenizer.json"))
-        cap = max_length or int(manifest["max_length"])
-        return ModelInfo(config, tokenizer, manifest["task"], cap, "pooler_output" in manifest["outputs"])
+        tokenizer = Tokenizer.from_file(str(path / manifest.tokenizer.dir / "tokenizer.json"))
+        cap = max_length or manifest.max_length
+        return ModelInfo(config, tokenizer, manifest.task, cap, "pooler_output" in manifest.outputs)
     from . import registry, source, tasks
 
     src = source.resolve(model)

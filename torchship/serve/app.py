@@ -25,7 +25,7 @@ from ..errors import InputError, QueueFullError, SequenceTooLongError, TaskMisma
 from ..options import ServeOptions
 from ..runtime import Predictor, load
 from ..tokenize import TextInput
-from . import schema
+from . import hf, schema
 from .batcher import Batcher, Item
 from .metrics import Metrics
 
@@ -78,6 +78,7 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         await asyncio.to_thread(state["batcher"].close)
 
     app = FastAPI(title="torchship", version=predictor.manifest.torchship_version, lifespan=lifespan)
+    app.state.predictor = predictor
     task = predictor.task_def
     dim = _embedding_dim(predictor)
 
@@ -94,11 +95,15 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
     async def on_http_error(request: Request, e: HTTPError) -> JSONResponse:
         if e.status in (413, 503):
             metrics.rejected.labels(e.kind).inc()
-        return JSONResponse({"error": {"message": e.message, "type": e.kind}}, status_code=e.status, headers=e.headers)
+        if request.url.path in hf.PATHS:  # Hugging Face's routes answer errors as TEI and the Inference API do
+            body: dict[str, Any] = {"error": e.message, "error_type": hf.ERROR_TYPES.get(e.kind, "Validation")}
+        else:
+            body = {"error": {"message": e.message, "type": e.kind}}
+        return JSONResponse(body, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, e: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": {"message": _problems(e.errors()), "type": "invalid_request"}}, status_code=422)
+        return await on_http_error(request, HTTPError(422, _problems(e.errors()), "invalid_request"))
 
     def authorize(request: Request) -> None:
         if options.api_key is None:
@@ -201,6 +206,8 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
         results, _, single = await run_request(inputs, fields, body.parameters)
         outputs = [task.to_json(r) for r in results]
         return JSONResponse({"task": task.name, "outputs": outputs[0] if single else outputs})
+
+    hf.add_routes(app, task=task, run=run_request, authorize=authorize, parse=_parse, options=options)
 
     @app.get("/health", responses=schema.HEALTH_RESPONSES)
     async def health() -> JSONResponse:

@@ -138,6 +138,48 @@ def predict_body(task: Task, options: ServeOptions) -> dict[str, Any]:
     return _body(schema, f"{task.name} inputs")
 
 
+class InferenceError(BaseModel):
+    error: str
+    error_type: str
+
+
+def inference_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Errors of the Hugging Face routes: ``{"error", "error_type"}``, as TEI and the Inference API answer."""
+    return {code: {"model": InferenceError, "description": ERRORS[code]} for code in codes}
+
+
+def inference_body(task: Task, options: ServeOptions) -> dict[str, Any]:
+    """``POST /``: ``{"inputs", "parameters"}`` as huggingface_hub.InferenceClient sends them for ``task``."""
+    text = _text(options)
+    if task.fields:
+        inputs: dict[str, Any] = {
+            "type": "object",
+            "required": list(task.fields),
+            "properties": {name: text for name in task.fields},
+            "additionalProperties": False,
+        }
+    else:
+        inputs = _one_or_many(text, options)
+        if task.embeds:  # sentence similarity: the source's cosine to each sentence
+            similarity = {
+                "type": "object",
+                "required": ["source_sentence", "sentences"],
+                "properties": {
+                    "source_sentence": text,
+                    "sentences": {"type": "array", "items": text, "minItems": 1,
+                                  "maxItems": options.max_input_items - 1},
+                },
+                "additionalProperties": False,
+            }  # fmt: skip
+            inputs = {"anyOf": [*inputs["anyOf"], similarity]}
+    schema = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {"inputs": inputs, "parameters": {"anyOf": [task.params_schema(), {"type": "null"}]}},
+    }
+    return _body(schema, f"{task.name}, as the Hugging Face Inference API takes it")
+
+
 METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "Prometheus text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}
 }

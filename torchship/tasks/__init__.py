@@ -199,6 +199,11 @@ class Task:
         """A result as JSON data (the server's response)."""
         return result
 
+    def to_hf(self, results: list[Any], single: bool) -> Any:
+        """Results in the Hugging Face Inference API's shape (what InferenceClient parses)."""
+        out = [self.to_json(r) for r in results]
+        return out[0] if single else out
+
     # ---- export and cost -------------------------------------------------------------------------------------
 
     def export_info(self, config: Any, sentence_transformers: Mapping[str, Any]) -> dict[str, Any]:

@@ -74,5 +74,8 @@ class FeatureExtraction(Task):
     def to_json(self, result: Any) -> Any:
         return np.asarray(result).tolist()
 
+    def to_hf(self, results: list[Any], single: bool) -> Any:
+        return [self.to_json(r) for r in results]  # (n, dim), one text included, as TEI answers
+
     def export_info(self, config: Any, sentence_transformers: Mapping[str, Any]) -> dict[str, Any]:
         return {"pooling": {k: v for k, v in sentence_transformers.items() if k != "max_seq_length"}}

@@ -44,6 +44,9 @@ class TextClassification(Task):
     def export_info(self, config: Any, sentence_transformers: Mapping[str, Any]) -> dict[str, Any]:
         return {"labels": labels_of(config)}
 
+    def to_hf(self, results: list[Any], single: bool) -> Any:
+        return [r if isinstance(r, list) else [r] for r in results]  # one ranked list per text, one text included
+
     def head_flops(self, dims: Dims, batch: int, seq: int, *, pooler: bool) -> int:
         # every family: a hidden x hidden pooler or dense, then the classifier
         return 2 * batch * dims.hidden * dims.hidden + 2 * batch * dims.hidden * dims.labels

@@ -8,8 +8,8 @@ process of its own (peak RSS is that process's ``ru_maxrss``), on the same threa
 - in-process ``embed`` into a dataset, at each size: peak RSS and rows/s;
 - the Predictor called directly on the same texts (all at once) at each size: the throughput to match;
 - ``--ray`` with 2 actors (1 thread each): rows/s, and the driver's peak RSS at each size;
-- at the largest size, a run killed (SIGKILL) at about 50 % of its rows and resumed: total time against an
-  uninterrupted run, and the output compared row by row with it.
+- at ``--resume-size`` (10x by default), a run killed (SIGKILL) at about 50 % of its rows and resumed: total
+  time against the uninterrupted run of that size, and the output compared row by row with it.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10,30")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume-size", type=int, default=10)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "embed_scale.json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -138,16 +139,17 @@ def main() -> int:
                   f"ray {row['ray']['rows_per_s']:7.1f} (driver RSS {row['ray']['peak_rss_mb']:6.1f} MB)  "
                   f"local/direct {row['local_vs_direct']:.3f}  ray/local {row['ray_vs_local']:.3f}",
                   flush=True)  # fmt: skip
-        big = max(sizes)
-        src = work / f"corpus-{big}"
-        resumed = killed_and_resumed(artifact, src, work / "out-resumed", args.threads, big * 820)
-        uninterrupted = results[f"{big}x"]["local"]["seconds"]
+        size = args.resume_size if args.resume_size in sizes else max(sizes)
+        src = work / f"corpus-{size}"
+        resumed = killed_and_resumed(artifact, src, work / "out-resumed", args.threads, size * 820)
+        uninterrupted = results[f"{size}x"]["local"]["seconds"]
+        resumed["size"] = f"{size}x"
         resumed["vs_uninterrupted"] = resumed["total_s"] / uninterrupted
-        resumed["compared"] = compare(work / f"out-local-{big}", work / "out-resumed")
-        print(f"kill at ~50 % and resume at {big}x: {resumed['total_s']:.1f} s against {uninterrupted:.1f} s "
+        resumed["compared"] = compare(work / f"out-local-{size}", work / "out-resumed")
+        print(f"kill at ~50 % and resume at {size}x: {resumed['total_s']:.1f} s against {uninterrupted:.1f} s "
               f"= {resumed['vs_uninterrupted']:.2f}x; {resumed['compared']}")  # fmt: skip
     first = results[f"{min(sizes)}x"]
-    last = results[f"{big}x"]
+    last = results[f"{max(sizes)}x"]
     record = {
         "machine": {**machine(), "threads": args.threads},
         "sizes": results,

@@ -125,6 +125,7 @@ def _bert() -> ArchSpec:
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"),),
         ort_fusion="bert",
+        attn_implementation="eager",  # measured (README): ONNX 14 % faster at 1x128, 8x128
     )
 
 
@@ -135,6 +136,7 @@ def _distilbert() -> ArchSpec:
         tied_weights=(("embeddings.word_embeddings.weight", "vocab_projector.weight"),),
         config_aliases=(("hidden_size", "dim"), ("num_hidden_layers", "n_layers"), ("intermediate_size", "hidden_dim")),
         ort_fusion="bert",
+        attn_implementation="sdpa",  # measured: ONNX 13-28 % faster at 1x128 and 8x128
     )
 
 
@@ -146,6 +148,7 @@ def _roberta() -> ArchSpec:
         tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
         position_padding="pad_token_id",
         ort_fusion="bert",
+        attn_implementation="eager",  # measured: ONNX 9-19 % faster, TorchScript within noise
     )
 
 
@@ -157,6 +160,7 @@ def _xlm_roberta() -> ArchSpec:
         tied_weights=(("embeddings.word_embeddings.weight", "lm_head.decoder.weight"),),
         position_padding="pad_token_id",
         ort_fusion="bert",
+        attn_implementation="eager",  # measured: a tie; RoBERTa's architecture, so RoBERTa's choice
     )
 
 
@@ -166,6 +170,7 @@ def _albert() -> ArchSpec:
         "albert",
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "predictions.decoder.weight"),),
+        attn_implementation="eager",  # measured: 16-44 % faster in both formats
     )
 
 
@@ -176,6 +181,7 @@ def _electra() -> ArchSpec:
         token_type_ids=True,
         tied_weights=(("embeddings.word_embeddings.weight", "generator_lm_head.weight"),),
         ort_fusion="bert",
+        attn_implementation="eager",  # measured (README): ONNX 9 % faster at 1x128, 8x128
     )
 
 
@@ -207,4 +213,5 @@ def _modernbert() -> ArchSpec:
         tied_weights=(("embeddings.tok_embeddings.weight", "decoder.weight"),),
         glu_ffn=True,
         head_dense=True,
+        attn_implementation="eager",  # measured: ONNX 8-16 % faster, TorchScript within noise
     )

@@ -6,7 +6,8 @@ Corpora are the repository's corpus repeated with new ids, as .jsonl shards of 8
 process of its own (peak RSS is that process's ``ru_maxrss``), on the same threads, one after another:
 
 - in-process ``embed`` into a dataset, at each size: peak RSS and rows/s;
-- the Predictor called directly on the same texts (all at once) at each size: the throughput to match;
+- the Predictor called directly on the same texts (all at once, all in memory) at each size: the throughput to
+  match, each timed from the start of the job to its end (loading the artifact included);
 - ``--ray`` with 2 actors (1 thread each): rows/s, and the driver's peak RSS at each size;
 - at ``--resume-size`` (10x by default), a run killed (SIGKILL) at about 50 % of its rows and resumed: total
   time against the uninterrupted run of that size, and the output compared row by row with it.
@@ -50,12 +51,11 @@ started = time.perf_counter()
 if mode == "direct":
     import torchship
     texts = [json.loads(l)["text"] for p in sorted(Path(src).glob("*.jsonl")) for l in p.read_text().splitlines()]
-    p = torchship.load(artifact, threads=int(threads))
-    t0 = time.perf_counter()
+    p = torchship.load(artifact, threads=int(threads))  # loading counts, as it does for the embed job
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p(texts)
-    rows, seconds = len(texts), time.perf_counter() - t0
+    rows, seconds = len(texts), time.perf_counter() - started
 else:
     from torchship.embed import EmbedOptions, embed_dataset
     options = EmbedOptions(ray=mode == "ray", actors=(2, 2), rows_per_part=2048)

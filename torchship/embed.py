@@ -327,7 +327,7 @@ def embed_dataset(artifact: str | Path, input_spec: str, output: str, options: E
         offset += shard.rows or 0
     done = record.data["parts"]
     present = {info.base_name: info for info in _listing(filesystem, root)}
-    for name in list(done):  # a recorded part that is gone (or was cut) is done again
+    for name in list(done):  # a recorded part whose file is gone is done again
         if name not in present:
             del done[name]
     for info in present.values():  # a crash mid-write leaves hidden temporary files: nothing refers to them

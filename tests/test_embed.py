@@ -142,6 +142,7 @@ def test_resume_after_kill_9_of_a_real_run(demo_artifact: Path, shards: Path, re
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     assert main(args) == 0
     record = json.loads((out / RECORD).read_text())
     assert len(record["parts"]) == 6 + 5 + 4

@@ -218,6 +218,12 @@ def test_predict_is_task_native(tiny_mlm_artifact: Path) -> None:
         assert "top_k 30000 is over this server's limit of 100" in r.json()["error"]["message"]
 
 
+def in_flight(url: str) -> float:
+    """The server's own count of requests received and not yet answered."""
+    lines = httpx.get(f"{url}/metrics", timeout=5).text.splitlines()
+    return next(float(line.split()[1]) for line in lines if line.startswith("torchship_requests_in_flight "))
+
+
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(demo_artifact: Path, tmp_path: Path) -> None:
     port = free_port()
     cmd = [
@@ -229,7 +235,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(demo_artifact: Path,
         "--port",
         str(port),
         "--max-wait-ms",
-        "400",
+        "5000",
     ]
     log = tmp_path / "server.log"
     with log.open("w") as sink:
@@ -248,7 +254,9 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(demo_artifact: Path,
                 pool.submit(httpx.post, f"{url}/v1/embeddings", json={"input": ["x y z"] * 3}, timeout=60)
                 for _ in range(4)
             ]
-            time.sleep(0.15)  # the requests are queued, waiting for the 400 ms batch window
+            while in_flight(url) < 4:  # all four are received, waiting in the 5 s batch window
+                assert time.monotonic() < deadline, "the requests never reached the server"
+                time.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
             results = [f.result() for f in inflight]
         assert [r.status_code for r in results] == [200] * 4
@@ -256,6 +264,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(demo_artifact: Path,
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     output = log.read_text()
     assert "Traceback" not in output, output
     assert "Finished server process" in output

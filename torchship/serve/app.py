@@ -85,8 +85,12 @@ def create_app(artifact: str | Path, options: ServeOptions) -> FastAPI:
     @app.middleware("http")
     async def record(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
         endpoint = request.url.path
+        if endpoint == "/metrics":  # a scrape does not count itself in flight
+            response = await call_next(request)
+        else:
+            with metrics.in_flight.track_inprogress():
+                response = await call_next(request)
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         return response

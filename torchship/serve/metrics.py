@@ -30,6 +30,9 @@ class Metrics:
             "torchship_batch_size", "Items per executed batch", buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("torchship_queue_depth", "Items waiting for the batcher", registry=r)
+        self.in_flight = Gauge(
+            "torchship_requests_in_flight", "Requests received and not yet answered, /metrics excluded", registry=r
+        )
         self.tokens = Counter("torchship_tokens", "Tokens executed, real or padded", ["kind"], registry=r)
         self.flops = Counter(
             "torchship_flops", "FLOPs executed, and what unpadded inputs would cost", ["kind"], registry=r

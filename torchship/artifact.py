@@ -91,6 +91,8 @@ class Manifest:
     inference_only: bool = True
     tied_weights: list[list[str]] = field(default_factory=list)
     pooling: dict[str, Any] | None = None
+    prompts: dict[str, str] = field(default_factory=dict)  # sentence-transformers' prompts, by name
+    default_prompt_name: str | None = None
     labels: dict[str, str] | None = None
     problem_type: str | None = None
     plan: dict[str, Any] | None = None

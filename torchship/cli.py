@@ -143,8 +143,18 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     for task in tasks.all_tasks():
         for param in task.params:
             if param.flag in seen:
-                kind = {"choices": list(param.choices)} if param.kind == "choice" else {"type": int}
+                kind = {
+                    "choice": {"choices": list(param.choices)}, "bool": {"type": _yes_no}, "number": {"type": float},
+                }.get(param.kind, {"type": int})  # fmt: skip
                 p.add_argument(param.flag, dest=param.name, default=None, help="; ".join(seen.pop(param.flag)), **kind)
+
+
+def _yes_no(value: str) -> bool:
+    if value.lower() in ("true", "yes", "1"):
+        return True
+    if value.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
 
 
 def _task_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -369,7 +379,7 @@ def _print_info(path: str | Path) -> None:
             f"{expected['waste']:.1%}, FLOPs {expected['flops_ratio']:.3f}x unpadded"
         )
     if m.pooling:
-        print(f"pooling       {m.pooling['mode']}, normalize={m.pooling['normalize']}")
+        print(f"pooling       {', '.join(f'{k}={v}' for k, v in m.pooling.items())}")
     seconds = m.export.get("format_seconds", {})
     for fmt, entries in m.formats.items():
         took = f", exported in {seconds[fmt]:.1f} s" if fmt in seconds else ""

@@ -121,6 +121,8 @@ def _build(
         tied_weights=tied,
         problem_type=getattr(config, "problem_type", None),
         plan=bucket_plan,
+        prompts=st["prompts"] if task.takes_prompts else {},
+        default_prompt_name=st["default_prompt_name"] if task.takes_prompts else None,
         **task.export_info(config, st),
     )
     wrapper = ExportWrapper(model, input_names, output_names).eval()
@@ -264,7 +266,8 @@ def load_eager(src: source.ModelSource, task_name: str, attn_implementation: str
     auto = getattr(transformers, task.auto_class)
     try:
         attn = attn_implementation or spec.attn_implementation
-        model = auto.from_pretrained(src.path, attn_implementation=attn).eval()
+        model = task.graph(auto.from_pretrained(src.path, attn_implementation=attn), src.sentence_transformers())
+        model = model.eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(src.path)
     except (OSError, ValueError) as e:
         raise UnsupportedModelError(f"cannot load {src.name} for task {task.name}: {e}") from e

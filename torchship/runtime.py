@@ -17,7 +17,7 @@ import torch
 
 from . import artifact, tasks
 from .engine import Counters, Engine
-from .errors import InputError
+from .errors import InputError, UnsupportedModelError
 from .options import LoadOptions
 from .tasks import Context, Work
 from .tokenize import Encoded, TextEncoder
@@ -135,18 +135,31 @@ class Predictor:
 
         return self.encoder.encode(check_texts(texts))
 
-    def __call__(self, inputs: object = None, /, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        inputs: object = None,
+        /,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncation_direction: str = "right",
+        **kwargs: Any,
+    ) -> Any:
         """Task outputs, shaped as transformers pipelines (feature extraction: an (n, dim) float32 array).
 
         Keyword arguments are the task's inputs (question answering: ``question=`` and ``context=``, strings or
-        lists of equal length) and its options (``top_k=...``; see ``torchship.tasks``).
+        lists of equal length) and its options (``top_k=...``; see ``torchship.tasks``). Embedding tasks take
+        sentence-transformers' ``prompt_name`` (or a literal ``prompt``), applied as sentence-transformers does;
+        ``truncation_direction="left"`` keeps the end of an over-long text instead of its start.
         """
         task = self.task_def
         keyword_inputs = {f for t in tasks.all_tasks() for f in t.fields}  # another task's get a pointed error
         fields = {k: kwargs.pop(k) for k in keyword_inputs if k in kwargs}
         request = task.parse(inputs, fields)
         params = task.check_params(kwargs)
-        works = self.works(request.items, params)
+        works = self.works(
+            request.items, params, prompt_name=prompt_name, prompt=prompt, direction=truncation_direction
+        )
         cut = sum(t for w in works for t in w.encoded.truncated)
         if cut and self.options.truncation == "warn":
             warnings.warn(
@@ -156,9 +169,63 @@ class Predictor:
             )
         return task.finish(self.run_works(works, params), request.single)
 
-    def works(self, items: list[Any], params: Mapping[str, Any]) -> list[Work]:
-        """Checked items -> work items (tokenized; question answering: split into context windows)."""
-        return self.task_def.works(self.context, tasks.Request(items, False), params)
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        return_documents: bool = False,
+        raw_scores: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Score each document against ``query`` with a cross-encoder artifact; best first, as
+        sentence-transformers' ``CrossEncoder.rank``: ``[{"corpus_id", "score"(, "text")}]``. Scores are the
+        sigmoid of the logit (``raw_scores=True``: the logit itself)."""
+        self.task_def.relevance(self.context)
+        if not isinstance(query, str) or isinstance(documents, str) or not documents:
+            raise InputError("rank takes a query string and a non-empty list of document strings")
+        results = self([(query, d) for d in documents], function_to_apply="none" if raw_scores else None)
+        return ranked([r["score"] for r in results], documents, top_k=top_k, return_documents=return_documents)
+
+    def works(
+        self,
+        items: list[Any],
+        params: Mapping[str, Any],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncation: str | None = None,
+        direction: str = "right",
+    ) -> list[Work]:
+        """Checked items -> work items (tokenized; question answering: split into context windows). ``truncation``
+        overrides the load-time choice for this call ("warn": cut, "error": refuse)."""
+        text = self.prompt(prompt_name, prompt)
+        if text:
+            items = [text + item if isinstance(item, str) else item for item in items]
+        return self.task_def.works(self.context, tasks.Request(items, False, truncation, direction), params)
+
+    def prompt(self, prompt_name: str | None = None, prompt: str | None = None) -> str | None:
+        """The prompt a call prefixes its texts with, as sentence-transformers picks it: ``prompt`` itself, else
+        the one named ``prompt_name``, else the model's ``default_prompt_name``, else none."""
+        m = self.manifest
+        if prompt is not None and prompt_name is not None:
+            raise InputError("pass prompt_name or prompt, not both")
+        if (prompt or prompt_name) and not self.task_def.takes_prompts:
+            raise InputError(f"{self.task} takes no prompts; drop prompt_name and prompt")
+        if prompt is None:
+            name = prompt_name if prompt_name is not None else m.default_prompt_name
+            if name is None:
+                return None
+            if name not in m.prompts:
+                known = ", ".join(map(repr, m.prompts)) or "none: its config_sentence_transformers.json has no prompts"
+                raise InputError(f"prompt_name {name!r} is not one of this model's prompts ({known})")
+            prompt = m.prompts[name]
+        if prompt and not (m.pooling or {}).get("include_prompt", True):
+            raise UnsupportedModelError(
+                "this model's pooling excludes prompt tokens (include_prompt: false), which torchship does not "
+                "implement; embed without a prompt, or with sentence-transformers"
+            )
+        return prompt or None
 
     def run_works(self, works: list[Work], params: Mapping[str, Any]) -> list[Any]:
         """Run work items (from one call, or many requests: the server's batcher) together, sorted by length
@@ -178,6 +245,17 @@ class Predictor:
             out.append(task.combine(w, rows[start : start + n], params))
             start += n
         return out
+
+
+def ranked(
+    scores: Sequence[float], documents: Sequence[str], *, top_k: int | None, return_documents: bool
+) -> list[dict[str, Any]]:
+    """``[{"corpus_id", "score"(, "text")}]``, best first (ties keep input order), at most ``top_k``."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top_k]
+    return [
+        {"corpus_id": i, "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
+        for i in order
+    ]
 
 
 def _as_2d_long(value: ArrayLike, name: str, like: torch.Tensor | None = None) -> torch.Tensor:

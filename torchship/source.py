@@ -93,11 +93,14 @@ _POOLING_KEYS = (
 def read_sentence_transformers(path: Path) -> dict[str, Any]:
     """Read ``modules.json``; without it, default to mean pooling and no normalization."""
     modules_file = path / "modules.json"
+    prompts = _read_prompts(path)
     if not modules_file.is_file():
-        return {"mode": "mean", "normalize": False, "source": "default", "max_seq_length": None}
+        return {"mode": "mean", "normalize": False, "source": "default", "max_seq_length": None, **prompts}
     modules = json.loads(modules_file.read_text())
     mode = "mean"
     normalize = False
+    include_prompt = True
+    splade: dict[str, Any] = {}
     for module in modules:
         kind = module.get("type", "")
         if kind.endswith("models.Pooling"):
@@ -109,10 +112,30 @@ def read_sentence_transformers(path: Path) -> dict[str, Any]:
                     "torchship supports exactly one of cls, mean, max, mean_sqrt_len"
                 )
             mode = modes[0]
+            include_prompt = bool(cfg.get("include_prompt", True))
         elif kind.endswith("models.Normalize"):
             normalize = True
+        elif kind.endswith("SpladePooling"):
+            cfg = json.loads((path / module.get("path", "") / "config.json").read_text())
+            splade = {k: cfg[k] for k in ("pooling_strategy", "activation_function") if k in cfg}
     max_seq_length = None
     st_config = path / "sentence_bert_config.json"
     if st_config.is_file():
         max_seq_length = json.loads(st_config.read_text()).get("max_seq_length")
-    return {"mode": mode, "normalize": normalize, "source": "sentence-transformers", "max_seq_length": max_seq_length}
+    return {
+        "mode": mode, "normalize": normalize, "include_prompt": include_prompt, "source": "sentence-transformers",
+        "max_seq_length": max_seq_length, "splade": splade, **prompts,
+    }  # fmt: skip
+
+
+def _read_prompts(path: Path) -> dict[str, Any]:
+    """``prompts`` and ``default_prompt_name`` from ``config_sentence_transformers.json``, checked."""
+    config_file = path / "config_sentence_transformers.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    prompts = config.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise UnsupportedModelError(f"{config_file}: prompts must map names to strings, got {prompts!r}")
+    default = config.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise UnsupportedModelError(f"{config_file}: default_prompt_name {default!r} is not one of the prompts")
+    return {"prompts": prompts, "default_prompt_name": default}

@@ -18,6 +18,7 @@ from tokenizers import Encoding, Tokenizer
 from .errors import InputError, SequenceTooLongError
 
 TextInput = str | tuple[str, str]
+DIRECTIONS = ("right", "left")
 
 
 @dataclass
@@ -98,30 +99,43 @@ def _is_pair(item: object) -> TypeGuard[tuple[str, str]]:
 
 class TextEncoder:
     """Encodes texts to unpadded ids; texts over ``max_length`` are truncated (and flagged in
-    ``Encoded.truncated``: the caller decides what to say), or, with ``truncation="error"``, refused."""
+    ``Encoded.truncated``: the caller decides what to say), or, with ``truncation="error"``, refused.
+
+    A call may override the default (``truncation=``) and cut from the left instead (``direction="left"``: keep
+    a text's end, as TEI's ``truncation_direction``)."""
 
     def __init__(self, path: Path, *, max_length: int, truncation: str) -> None:
         self.tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self._truncating = Tokenizer.from_file(str(path))
-        self._truncating.no_padding()
-        self._truncating.enable_truncation(max_length)
+        self._path = path
+        self._truncating: dict[str, Tokenizer] = {}
         self.max_length = max_length
         self.truncation = truncation
 
-    def encode(self, texts: list[TextInput]) -> Encoded:
+    def _cutter(self, direction: str) -> Tokenizer:
+        if direction not in DIRECTIONS:
+            raise InputError(f"truncation direction {direction!r} is invalid; choose one of: {', '.join(DIRECTIONS)}")
+        if direction not in self._truncating:  # built on first use: most servers never cut from the left
+            tokenizer = Tokenizer.from_file(str(self._path))
+            tokenizer.no_padding()
+            tokenizer.enable_truncation(self.max_length, direction=direction)
+            self._truncating[direction] = tokenizer
+        return self._truncating[direction]
+
+    def encode(self, texts: list[TextInput], *, truncation: str | None = None, direction: str = "right") -> Encoded:
         encodings: list[Encoding] = self.tokenizer.encode_batch(texts)
         too_long = [i for i, enc in enumerate(encodings) if len(enc.ids) > self.max_length]
         if too_long:
             worst = max(len(encodings[i].ids) for i in too_long)
-            if self.truncation == "error":
+            if (truncation or self.truncation) == "error":
                 raise SequenceTooLongError(
                     f"{len(too_long)} text(s) exceed the longest traced length {self.max_length} tokens "
                     f"(item {too_long[0]} has {len(encodings[too_long[0]].ids)}, the longest {worst}); "
                     "shorten them, use truncation='warn' (--truncation warn), or export with a longer bucket"
                 )
-            for i, enc in zip(too_long, self._truncating.encode_batch([texts[i] for i in too_long]), strict=True):
+            cutter = self._cutter(direction)
+            for i, enc in zip(too_long, cutter.encode_batch([texts[i] for i in too_long]), strict=True):
                 encodings[i] = enc
         encoded = Encoded.of(encodings)
         for i in too_long:

@@ -46,7 +46,8 @@ class Batch:
 class Param:
     """One task option: its default and bounds, the single source of validation, OpenAPI schema and CLI flag.
 
-    ``kind`` is ``"positive"`` (an integer >= 1) or ``"choice"`` (one of ``choices``). ``nullable`` lets
+    ``kind`` is ``"positive"`` (an integer >= 1), ``"number"`` (a finite float >= 0), ``"bool"`` or ``"choice"``
+    (one of ``choices``). ``nullable`` lets
     ``None`` through (text-classification's ``top_k=None``: the best label only). ``server_max`` is a limit the
     HTTP server adds on top (fill-mask decodes a whole sequence per candidate).
     """
@@ -66,6 +67,14 @@ class Param:
             if value not in self.choices:
                 raise InputError(f"{self.name} {value!r} is invalid; choose one of: {', '.join(self.choices)}")
             return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise InputError(f"{self.name} must be true or false, got {value!r}")
+            return value
+        if self.kind == "number":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+                raise InputError(f"{self.name} must be a number >= 0, got {value!r}")
+            return float(value)
         if isinstance(value, float) and value.is_integer():
             value = int(value)  # JSON has one number type: 5.0 is the integer 5, as JSON Schema counts it
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -77,6 +86,10 @@ class Param:
     def json_schema(self, *, server: bool = True) -> dict[str, Any]:
         if self.kind == "choice":
             one: dict[str, Any] = {"enum": list(self.choices)}
+        elif self.kind == "bool":
+            one = {"type": "boolean"}
+        elif self.kind == "number":
+            one = {"type": "number", "minimum": 0}
         else:
             one = {"type": "integer", "minimum": 1}
             if server and self.server_max is not None:
@@ -96,6 +109,8 @@ class Request:
 
     items: list[Any]
     single: bool
+    truncation: str | None = None  # "warn" or "error" for this call; None: the encoder's default
+    direction: str = "right"  # which end of an over-long text is cut
 
 
 @dataclass
@@ -116,18 +131,23 @@ class Context:
     manifest: Any  # artifact.Manifest
     max_length: int
 
+    def encode(self, request: Request) -> Encoded:
+        """The request's items tokenized, truncated as the request says."""
+        return self.encoder.encode(request.items, truncation=request.truncation, direction=request.direction)
+
 
 class Task:
     """The interface. Subclasses set ``name``, ``auto_class`` and ``arch_suffix``, and override what differs."""
 
     name: ClassVar[str]
     auto_class: ClassVar[str]  # the transformers Auto class the exporter loads
-    arch_suffix: ClassVar[str]  # config.architectures suffix that implies this task (--task auto)
+    arch_suffix: ClassVar[str | None]  # config.architectures suffix that implies this task (--task auto); None: never
     params: ClassVar[tuple[Param, ...]] = ()
     fields: ClassVar[tuple[str, ...]] = ()  # keyword inputs instead of positional texts
     takes_pairs: ClassVar[bool] = True  # positional items may be (text, text_pair)
     embeds: ClassVar[bool] = False  # results are one float32 vector per text (OpenAI /v1/embeddings)
     has_pooler: ClassVar[bool] = False  # its model may end in the base model's pooler (pooler_output)
+    takes_prompts: ClassVar[bool] = False  # sentence-transformers prompts (prompt_name) prefix its texts
 
     # ---- options ---------------------------------------------------------------------------------------------
 
@@ -173,7 +193,7 @@ class Task:
 
     def works(self, ctx: Context, request: Request, params: Mapping[str, Any]) -> list[Work]:
         """One work item per text, one row each; the row's payload is its text."""
-        encoded = ctx.encoder.encode(request.items)
+        encoded = ctx.encode(request)
         return [Work(encoded.select([i]), [text]) for i, text in enumerate(request.items)]
 
     # ---- outputs ---------------------------------------------------------------------------------------------
@@ -205,6 +225,17 @@ class Task:
         return out[0] if single else out
 
     # ---- export and cost -------------------------------------------------------------------------------------
+
+    def relevance(self, ctx: Context) -> None:
+        """Raise TaskMismatchError unless this artifact scores (query, document) pairs: a reranker."""
+        raise TaskMismatchError(
+            f"this artifact serves {self.name}; reranking needs a cross-encoder (text-classification, one label)"
+        )
+
+    def graph(self, model: Any, sentence_transformers: Mapping[str, Any]) -> Any:
+        """The module every format exports: the transformers model itself, or the model with what the task
+        computes inside the graph (SPLADE pooling). Its forward takes the inputs by keyword and returns a dict."""
+        return model
 
     def export_info(self, config: Any, sentence_transformers: Mapping[str, Any]) -> dict[str, Any]:
         """Task-specific manifest fields (pooling, labels, problem_type)."""
@@ -255,8 +286,9 @@ def all_tasks() -> tuple[Task, ...]:
 def infer(architectures: Sequence[str]) -> Task:
     """The task a ``config.architectures`` entry implies (``BertForMaskedLM`` -> fill-mask)."""
     for arch in architectures:
-        for task in sorted(_REGISTRY.values(), key=lambda t: -len(t.arch_suffix)):  # longest suffix first
-            if arch.endswith(task.arch_suffix):
+        inferable = [t for t in _REGISTRY.values() if t.arch_suffix]
+        for task in sorted(inferable, key=lambda t: -len(t.arch_suffix or "")):  # longest suffix first
+            if arch.endswith(task.arch_suffix or ""):
                 return task
     raise UnsupportedModelError(
         f"cannot infer the task from config.architectures={list(architectures)}; pass --task with one of: "
@@ -271,6 +303,7 @@ from . import fill_mask  # noqa: E402, F401
 from . import text_classification  # noqa: E402, F401
 from . import token_classification  # noqa: E402, F401
 from . import question_answering  # noqa: E402, F401
+from . import sparse_embedding  # noqa: E402, F401
 # isort: on
 
 __all__ = ["Batch", "Context", "Dims", "Param", "Request", "Task", "Work", "all_tasks", "get", "infer", "register"]

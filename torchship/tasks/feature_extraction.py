@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ArtifactError
-from . import Batch, Context, Task, register
+from ..errors import ArtifactError, InputError
+from . import Batch, Context, Param, Task, register
 
 POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len")
 
@@ -42,14 +42,23 @@ def check_pooling(pooling: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(pooling or {})
 
 
-def postprocess(batch: Batch, *, pooling: Mapping[str, Any]) -> list[np.ndarray]:
-    pooled = pool(
-        batch.outputs["last_hidden_state"].float(),
-        batch.attention_mask,
-        mode=pooling["mode"],
-        normalize=bool(pooling.get("normalize")),
-    )
-    return list(pooled.float().numpy())
+def postprocess(
+    batch: Batch, *, pooling: Mapping[str, Any], dimensions: int | None = None, normalize: bool | None = None
+) -> list[np.ndarray]:
+    """Pool, keep the first ``dimensions`` (Matryoshka, as sentence-transformers' ``truncate_dim``), then
+    L2-normalize when ``normalize`` says (None: when the model's sentence-transformers pipeline does). Normalizing
+    after the cut is what sentence-transformers does with ``truncate_dim`` and ``normalize_embeddings=True``."""
+    hidden = batch.outputs["last_hidden_state"].float()
+    pooled = pool(hidden, batch.attention_mask, mode=pooling["mode"], normalize=False)
+    if dimensions is not None:
+        if dimensions > pooled.shape[-1]:
+            raise InputError(
+                f"dimensions {dimensions} is over this model's {pooled.shape[-1]}; pass {pooled.shape[-1]} or fewer"
+            )
+        pooled = pooled[:, :dimensions]
+    if normalize if normalize is not None else pooling.get("normalize"):
+        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    return list(pooled.numpy())
 
 
 @register
@@ -59,6 +68,12 @@ class FeatureExtraction(Task):
     arch_suffix = "Model"
     embeds = True
     has_pooler = True
+    takes_prompts = True
+    params = (
+        Param("dimensions", None, "keep the first N dimensions (Matryoshka); null: all", nullable=True),
+        Param("normalize", None, "L2-normalize; null: as the model's sentence-transformers pipeline", "bool",
+              nullable=True),
+    )  # fmt: skip
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Any:
         return check_pooling(ctx.manifest.pooling)
@@ -66,7 +81,7 @@ class FeatureExtraction(Task):
     def postprocess(
         self, ctx: Context, prepared: Any, batch: Batch, payloads: list[Any], params: Mapping[str, Any]
     ) -> list[Any]:
-        return postprocess(batch, pooling=prepared)
+        return postprocess(batch, pooling=prepared, dimensions=params["dimensions"], normalize=params["normalize"])
 
     def finish(self, results: list[Any], single: bool) -> Any:
         return np.stack(results)  # (n, dim) float32, a single text included
@@ -78,4 +93,5 @@ class FeatureExtraction(Task):
         return [self.to_json(r) for r in results]  # (n, dim), one text included, as TEI answers
 
     def export_info(self, config: Any, sentence_transformers: Mapping[str, Any]) -> dict[str, Any]:
-        return {"pooling": {k: v for k, v in sentence_transformers.items() if k != "max_seq_length"}}
+        keep = ("mode", "normalize", "include_prompt", "source")
+        return {"pooling": {k: v for k, v in sentence_transformers.items() if k in keep}}

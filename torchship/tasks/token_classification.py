@@ -181,7 +181,7 @@ class TokenClassification(Task):
     takes_pairs = False
 
     def works(self, ctx: Context, request: Any, params: Mapping[str, Any]) -> list[Work]:
-        encoded = ctx.encoder.encode(request.items)
+        encoded = ctx.encode(request)
         return [
             Work(encoded.select([i]), [RowText(text, encoded.ids[i], encoded.offsets[i], encoded.special[i])])
             for i, text in enumerate(request.items)

@@ -1,0 +1,95 @@
+"""sparse-embedding: SPLADE. A masked-LM checkpoint whose exported graph ends in SPLADE pooling, so the
+(batch, seq, vocab) logits never leave the model: each text becomes one vocabulary-wide vector,
+``max`` (or ``sum``) over its tokens of ``log(1 + relu(logits))``, as sentence-transformers' ``SpladePooling``.
+
+Results are scipy-free sparse vectors: ``{"indices": int64 array, "values": float32 array}``, indices ascending,
+zeros dropped (``threshold`` drops more, ``top_k`` keeps the largest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from . import Batch, Context, Dims, Param, Task, register
+
+OUTPUT = "sparse_embedding"
+STRATEGIES = ("max", "sum")
+ACTIVATIONS = ("relu", "log1p_relu")
+
+
+class SpladeModel(nn.Module):
+    """A masked LM with SPLADE pooling on top; forward returns ``{"sparse_embedding": (batch, vocab)}``."""
+
+    def __init__(self, mlm: nn.Module, *, strategy: str = "max", activation: str = "relu") -> None:
+        super().__init__()
+        if strategy not in STRATEGIES or activation not in ACTIVATIONS:
+            raise UnsupportedModelError(
+                f"SPLADE pooling_strategy {strategy!r} / activation_function {activation!r} is not supported; "
+                f"torchship supports {STRATEGIES} / {ACTIVATIONS}"
+            )
+        self.mlm = mlm
+        self.config = mlm.config  # what the exporter records (attention implementation, model type)
+        self.strategy, self.activation = strategy, activation
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
+        kwargs.pop("return_dict", None)
+        logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask, **kwargs, return_dict=True).logits
+        scores = torch.log1p(torch.relu(logits * attention_mask.unsqueeze(-1).to(logits.dtype)))
+        if self.activation == "log1p_relu":
+            scores = torch.log1p(scores)
+        pooled = scores.amax(dim=1) if self.strategy == "max" else scores.sum(dim=1)
+        return {OUTPUT: pooled}
+
+
+def sparsify(vector: np.ndarray, *, top_k: int | None, threshold: float) -> dict[str, np.ndarray]:
+    keep = np.flatnonzero(vector > threshold)
+    if top_k is not None and len(keep) > top_k:
+        keep = np.sort(keep[np.argsort(-vector[keep], kind="stable")[:top_k]])
+    return {"indices": keep.astype(np.int64), "values": vector[keep].astype(np.float32)}
+
+
+@register
+class SparseEmbedding(Task):
+    name = "sparse-embedding"
+    auto_class = "AutoModelForMaskedLM"
+    arch_suffix = None  # a masked LM is fill-mask unless --task sparse-embedding says otherwise
+    takes_pairs = False
+    takes_prompts = True
+    params = (
+        Param("top_k", None, "keep the largest N weights per text; null: every non-zero one", nullable=True),
+        Param("threshold", 0.0, "drop weights at or below this value", "number"),
+    )
+
+    def graph(self, model: Any, sentence_transformers: Mapping[str, Any]) -> Any:
+        splade = sentence_transformers.get("splade") or {}
+        return SpladeModel(
+            model, strategy=splade.get("pooling_strategy", "max"), activation=splade.get("activation_function", "relu")
+        )
+
+    def postprocess(
+        self, ctx: Context, prepared: Any, batch: Batch, payloads: list[Any], params: Mapping[str, Any]
+    ) -> list[Any]:
+        dense = batch.outputs[OUTPUT].float().numpy()  # (batch, vocab)
+        return [sparsify(row, top_k=params["top_k"], threshold=params["threshold"]) for row in dense]
+
+    def to_json(self, result: Any) -> Any:
+        """TEI's shape: ``[{"index", "value"}]``."""
+        return [{"index": int(i), "value": float(v)} for i, v in zip(result["indices"], result["values"], strict=True)]
+
+    def to_hf(self, results: list[Any], single: bool) -> Any:
+        return [self.to_json(r) for r in results]  # TEI answers a list, one text included
+
+    def export_info(self, config: Any, sentence_transformers: Mapping[str, Any]) -> dict[str, Any]:
+        splade = sentence_transformers.get("splade") or {}
+        return {"pooling": {"mode": "splade", "pooling_strategy": splade.get("pooling_strategy", "max"),
+                            "activation_function": splade.get("activation_function", "relu")}}  # fmt: skip
+
+    def head_flops(self, dims: Dims, batch: int, seq: int, *, pooler: bool) -> int:
+        # the masked-LM head over every token (transform, then decode to the vocabulary); pooling is memory-bound
+        return 2 * batch * seq * (dims.hidden * dims.embedding + dims.embedding * dims.vocab)

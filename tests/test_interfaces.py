@@ -232,7 +232,7 @@ def _work(rows: int, length: int) -> Work:
 
 def test_batcher_groups_by_options_and_keeps_budgets() -> None:
     runner = FakeRunner()
-    batcher = Batcher(runner, Metrics(), max_batch_tokens=64, max_batch_size=3, max_wait_ms=50, max_queue=20)
+    batcher = Batcher(runner, Metrics().of("toy"), max_batch_tokens=64, max_batch_size=3, max_wait_ms=50, max_queue=20)
 
     async def go() -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -253,7 +253,7 @@ def test_batcher_groups_by_options_and_keeps_budgets() -> None:
 def test_batcher_is_all_or_nothing_on_a_full_queue_and_hands_errors_back() -> None:
     runner = FakeRunner()
     runner.gate.clear()  # hold the worker, so items pile up
-    batcher = Batcher(runner, Metrics(), max_batch_tokens=64, max_batch_size=1, max_wait_ms=0, max_queue=3)
+    batcher = Batcher(runner, Metrics().of("toy"), max_batch_tokens=64, max_batch_size=1, max_wait_ms=0, max_queue=3)
 
     async def go() -> None:
         loop = asyncio.get_running_loop()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import TorchshipError
+from .errors import OptionsError, TorchshipError
 from .options import DEFAULT_SEQ_LENGTHS, DTYPES, parse_int_list
 
 
@@ -82,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed runs per point (at least 5 runs)")
 
     p = sub.add_parser("serve", help="serve an artifact over HTTP with dynamic batching")
-    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument(
+        "artifacts",
+        metavar="ARTIFACT",
+        nargs="*",
+        help="artifacts to serve, each named after its directory (or use --model NAME=PATH)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per batch")
@@ -92,7 +98,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-input-items", type=int, default=256, help="texts per request")
     p.add_argument("--max-input-chars", type=int, default=100_000, help="characters per text")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    p.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of refusing them")
+    p.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=True,
+                   help="cut over-long texts (listed in X-Truncated-Inputs), or refuse them with 413 (--no-truncate); "
+                        "a request's own truncate field wins")  # fmt: skip
+    p.add_argument(
+        "--split-client-batches",
+        action="store_true",
+        help="run a request of more than --max-input-items texts in slices instead of refusing it",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve another artifact under NAME (repeatable); its routes are at /models/NAME/...",
+    )
     p.add_argument("--workers", type=int, default=1, help="micro-batches run concurrently")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
     p.add_argument("--calibrate", action="store_true", help="re-time the artifact's formats here before serving")
@@ -346,16 +366,42 @@ def _serve(args: argparse.Namespace) -> int:
         max_input_chars=args.max_input_chars,
         api_key=args.api_key,
         truncate=args.truncate,
+        split_client_batches=args.split_client_batches,
         workers=args.workers,
         threads=args.threads,
         calibrate=args.calibrate,
     )
+    models = _served_models(args.artifacts, args.model)
     if args.ray is not None:
         from .serve import ray_serve
 
-        ray_serve.run(str(Path(args.artifact).absolute()), options, replicas=args.replicas, address=args.ray or None)
+        absolute = {name: str(Path(path).absolute()) for name, path in models.items()}
+        ray_serve.run(absolute, options, replicas=args.replicas, address=args.ray or None)
         return 0
-    return serve(args.artifact, options)
+    return serve(models, options)
+
+
+def _served_models(artifacts: list[str], named: list[str]) -> dict[str, str]:
+    """``{name: path}`` from positional artifacts (named after their directories) and ``--model NAME=PATH``."""
+    models: dict[str, str] = {}
+    pairs = [(Path(a).resolve().name, a) for a in artifacts]
+    for spec in named:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise OptionsError(f"--model {spec!r} is not NAME=PATH; for example --model minilm=./minilm")
+        pairs.append((name, path))
+    for name, path in pairs:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise OptionsError(
+                f"model name {name!r} is not usable in a URL path; use letters, digits, '.', '_' and '-' "
+                "(--model NAME=PATH)"
+            )
+        if name in models:
+            raise OptionsError(f"two artifacts are both named {name!r}; name them apart with --model NAME=PATH")
+        models[name] = path
+    if not models:
+        raise OptionsError("serve needs an artifact: torchship serve ARTIFACT [ARTIFACT ...] or --model NAME=PATH")
+    return models
 
 
 def _print_info(path: str | Path) -> None:

@@ -159,8 +159,10 @@ class ServeOptions:
 
     A batch closes at ``max_batch_tokens`` padded tokens, ``max_batch_size`` items, or ``max_wait_ms`` after
     its first item. At most ``max_queue`` items wait; beyond that requests get 503 with Retry-After.
-    One request holds at most ``max_input_items`` texts (or text pairs) of at most ``max_input_chars`` characters each;
-    texts over the longest bucket are refused (413) unless ``truncate``.
+    One request holds at most ``max_input_items`` texts (or text pairs) of at most ``max_input_chars`` characters each
+    (with ``split_client_batches``, a longer request is run in slices of ``max_input_items`` instead of refused).
+    Texts over the longest bucket are truncated, and the response's ``X-Truncated-Inputs`` header lists them; with
+    ``truncate=False`` they are refused (413), and a request may choose either way (TEI's ``truncate``).
     """
 
     host: str = "127.0.0.1"
@@ -172,7 +174,8 @@ class ServeOptions:
     max_input_items: int = 256
     max_input_chars: int = 100_000
     api_key: str | None = None
-    truncate: bool = False
+    truncate: bool = True
+    split_client_batches: bool = False
     workers: int = 1
     threads: int | None = None
     calibrate: bool = False

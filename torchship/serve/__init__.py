@@ -1,8 +1,13 @@
 """``torchship serve``: an HTTP server with dynamic batching over a loaded artifact.
 
-    app.py      routes: /v1/embeddings (OpenAI-compatible), /predict, /health, /info, /metrics, /docs
+    app.py      the app: OpenAI /v1/embeddings and /v1/models, /predict, /health, /info, /metrics, /docs
+    models.py   the served models (one or several), each with its batcher; the one way a request runs
+    tei.py      Hugging Face text-embeddings-inference routes (/embed, /rerank, /tokenize, ...)
+    hf.py       the Hugging Face Inference API at POST / (what InferenceClient sends)
+    rerank.py   Cohere-style /v1/rerank and /v2/rerank
+    schema.py   the OpenAPI contract, built for the served tasks and the limits
     batcher.py  the bounded queue and the worker thread that batches requests by token budget
-    metrics.py  Prometheus metrics, recorded by hook objects rather than flags on the hot path
+    metrics.py  Prometheus metrics (each with a model label), recorded by hooks rather than flags on the hot path
 
 Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client).
 """
@@ -10,7 +15,7 @@ Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ..errors import OptionsError
@@ -19,7 +24,7 @@ from ..options import ServeOptions
 INSTALL = "pip install 'torchship[serve]'"
 
 
-def serve(artifact: str | Path, options: ServeOptions) -> int:
+def serve(artifacts: Mapping[str, str | Path] | str | Path, options: ServeOptions) -> int:
     """Run the server until SIGINT/SIGTERM; in-flight requests finish first. Returns the exit code."""
     try:
         import uvicorn
@@ -41,7 +46,7 @@ def serve(artifact: str | Path, options: ServeOptions) -> int:
                     if isinstance(captured, list):
                         captured.clear()
 
-    app = create_app(artifact, options)
+    app = create_app(artifacts, options)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info", timeout_graceful_shutdown=30)
     GracefulServer(config).run()
     return 0

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from ..errors import QueueFullError
 from ..tasks import Work
-from .metrics import Metrics
+from .metrics import ModelMetrics
 
 __all__ = ["Batcher", "Item", "QueueFullError"]
 
@@ -46,7 +46,7 @@ class Item:
 
 class Batcher:
     def __init__(
-        self, runner: Runner, metrics: Metrics, *, max_batch_tokens: int, max_batch_size: int,
+        self, runner: Runner, metrics: ModelMetrics, *, max_batch_tokens: int, max_batch_size: int,
         max_wait_ms: float, max_queue: int,
     ) -> None:  # fmt: skip
         self.runner = runner

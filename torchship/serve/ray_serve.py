@@ -11,11 +11,12 @@ from typing import Any
 from ..errors import OptionsError
 from ..options import ServeOptions
 
+Artifacts = str | dict[str, str]  # one artifact, or several by name
 INSTALL = "pip install 'torchship[ray]'"
 
 
 class TorchshipIngress:
-    def __init__(self, artifact: str, options: ServeOptions) -> None:
+    def __init__(self, artifact: Artifacts, options: ServeOptions) -> None:
         self.artifact = artifact
         self.options = options
 
@@ -25,7 +26,7 @@ class TorchshipIngress:
         return create_app(self.artifact, self.options)
 
 
-def deployment(artifact: str, options: ServeOptions, *, replicas: int, cpus_per_replica: float = 1.0) -> Any:
+def deployment(artifact: Artifacts, options: ServeOptions, *, replicas: int, cpus_per_replica: float = 1.0) -> Any:
     """The bound Ray Serve application: ``replicas`` copies of the torchship app."""
     try:
         from ray import serve
@@ -40,7 +41,9 @@ def deployment(artifact: str, options: ServeOptions, *, replicas: int, cpus_per_
     return deployed.bind(artifact, options)
 
 
-def run(artifact: str, options: ServeOptions, *, replicas: int, address: str | None, blocking: bool = True) -> None:
+def run(
+    artifact: Artifacts, options: ServeOptions, *, replicas: int, address: str | None, blocking: bool = True
+) -> None:
     """Start (or join) Ray, start Serve's HTTP proxy on host:port, deploy, and block until interrupted."""
     try:
         import ray

@@ -27,7 +27,8 @@ class ErrorResponse(BaseModel):
 ERRORS = {
     400: "this artifact serves another task",
     401: "missing or wrong API key",
-    413: "over a limit: texts per request, characters per text, or tokens per text (without --truncate)",
+    413: "over a limit: texts per request, characters per text, or tokens per text (with truncate off)",
+    404: "no model of that name is served here; the message lists the served names",
     422: "malformed JSON, a missing or empty field, or an invalid parameter",
     503: "the queue is full; retry after Retry-After seconds",
 }
@@ -57,25 +58,32 @@ def _one_or_many(one: dict[str, Any], options: ServeOptions, item: dict[str, Any
     return {"anyOf": [one, array]}
 
 
-def embeddings_body(options: ServeOptions, dim: int) -> dict[str, Any]:
+def _model_field(names: list[str]) -> dict[str, Any]:
+    if len(names) == 1:
+        return {"type": "string", "description": f"any name: this server serves one model ({names[0]})"}
+    return {"enum": names, "description": "the served model to use"}
+
+
+def embeddings_body(options: ServeOptions, dims: list[int], names: list[str]) -> dict[str, Any]:
+    widest = max(dims, default=1)
     schema = {
         "type": "object",
-        "required": ["input"],
+        "required": ["input"] if len(names) == 1 else ["input", "model"],
         "properties": {
             "input": {**_one_or_many(_text(options), options), "description": "a text or a list of texts"},
-            "model": {"type": "string", "default": "torchship", "description": "any name; echoed back"},
+            "model": {**_model_field(names), "default": names[0]} if len(names) == 1 else _model_field(names),
             "encoding_format": {"enum": ["float", "base64"], "default": "float"},
             "user": {"anyOf": [{"type": "string"}, {"type": "null"}]},
             "dimensions": {
-                "anyOf": [{"enum": [dim]}, {"type": "null"}],
-                "description": f"this model's embeddings have {dim} dimensions; any other value is refused",
+                "anyOf": [{"type": "integer", "minimum": 1, "maximum": widest}, {"type": "null"}],
+                "description": "keep the first N dimensions, re-normalized (Matryoshka); at most the model's width",
             },
         },
     }
     return _body(schema, "OpenAI-compatible embeddings request")
 
 
-def embeddings_response(dim: int) -> dict[int | str, dict[str, Any]]:
+def embeddings_response(dims: list[int]) -> dict[int | str, dict[str, Any]]:
     item = {
         "type": "object",
         "properties": {
@@ -83,7 +91,7 @@ def embeddings_response(dim: int) -> dict[int | str, dict[str, Any]]:
             "index": {"type": "integer"},
             "embedding": {
                 "anyOf": [
-                    {"type": "array", "items": {"type": "number"}, "minItems": dim, "maxItems": dim},
+                    {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": max(dims, default=1)},
                     {"type": "string", "description": "base64 of little-endian float32"},
                 ]
             },
@@ -110,32 +118,44 @@ def embeddings_response(dim: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def predict_body(task: Task, options: ServeOptions) -> dict[str, Any]:
-    """The /predict body of ``task``: its keyword fields, or texts (and text pairs where it takes them), and its
-    options as the task declares them (defaults and bounds from the same ``Param``s the runtime checks)."""
-    parameters = task.params_schema()
+def predict_body(tasks: list[Task], options: ServeOptions, names: list[str], dims: list[int | None]) -> dict[str, Any]:
+    """The /predict body: each served model's task inputs (its keyword fields, or texts and text pairs where it
+    takes them) and options as the task declares them (defaults and bounds from the same ``Param``s the runtime
+    checks). With several models, ``model`` picks one and the body follows its task."""
+    bodies = [_predict_schema(task, options, dim) for task, dim in zip(tasks, dims, strict=True)]
+    if len(names) == 1:
+        bodies[0]["properties"]["model"] = {"anyOf": [_model_field(names), {"type": "null"}]}
+        return _body(bodies[0], f"{tasks[0].name} inputs")
+    for body, name in zip(bodies, names, strict=True):
+        body["properties"]["model"] = {"const": name}
+        body["required"] = [*body["required"], "model"]
+    return _body({"oneOf": bodies}, "the inputs of the named model's task")
+
+
+def _predict_schema(task: Task, options: ServeOptions, dim: int | None) -> dict[str, Any]:
+    parameters = bounded(task.params_schema(), dim)
     text = _text(options)
+    truncate = {"anyOf": [{"type": "boolean"}, {"type": "null"}], "description": "cut over-long texts (or refuse)"}
     if task.fields:
-        schema: dict[str, Any] = {
+        return {
             "type": "object",
             "required": list(task.fields),
             "properties": {
                 **{name: _one_or_many(text, options) for name in task.fields},
                 "parameters": parameters,
+                "truncate": truncate,
             },
             "description": f"{' and '.join(task.fields)}: one of them and a list of the other, or equal-length lists",
         }
-        return _body(schema, f"{task.name} inputs")
     item: dict[str, Any] = text
     if task.takes_pairs:  # in a list, an item may be a (text, text_pair) pair: two texts, each within the limit
         pair = {"type": "array", "prefixItems": [text, text], "items": False, "minItems": 2, "maxItems": 2}
         item = {"anyOf": [text, pair]}
-    schema = {
+    return {
         "type": "object",
         "required": ["inputs"],
-        "properties": {"inputs": _one_or_many(text, options, item), "parameters": parameters},
+        "properties": {"inputs": _one_or_many(text, options, item), "parameters": parameters, "truncate": truncate},
     }
-    return _body(schema, f"{task.name} inputs")
 
 
 class InferenceError(BaseModel):
@@ -148,9 +168,59 @@ def inference_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": InferenceError, "description": ERRORS[code]} for code in codes}
 
 
-def inference_body(task: Task, options: ServeOptions) -> dict[str, Any]:
-    """``POST /``: ``{"inputs", "parameters"}`` as huggingface_hub.InferenceClient sends them for ``task``."""
+def truncation(prompts: list[str] | None) -> dict[str, Any]:
+    """TEI's per-request ``truncate`` and ``truncation_direction``, and ``prompt_name`` where the task takes
+    prompts (``prompts``: the model's prompt names; None: the task takes none)."""
+    schema: dict[str, Any] = {
+        "truncate": {"anyOf": [{"type": "boolean"}, {"type": "null"}],
+                     "description": "cut over-long texts (true) or refuse them with 413 (false); null: the server's"},
+        "truncation_direction": {"anyOf": [{"enum": ["Left", "Right", "left", "right"]}, {"type": "null"}],
+                                 "default": "Right"},
+    }  # fmt: skip
+    if prompts:
+        schema["prompt_name"] = {"anyOf": [{"enum": prompts}, {"type": "null"}], "description": "a model prompt"}
+    else:
+        schema["prompt_name"] = {"type": "null", "description": "this model has no prompts"}
+    return schema
+
+
+def texts(options: ServeOptions) -> dict[str, Any]:
+    """A text or a non-empty list of texts, within the server's limits."""
+    return _one_or_many(_text(options), options)
+
+
+def text(options: ServeOptions) -> dict[str, Any]:
+    return _text(options)
+
+
+def body(properties: dict[str, Any], required: list[str], description: str) -> dict[str, Any]:
+    return _body({"type": "object", "required": required, "properties": properties}, description)
+
+
+def bounded(params: dict[str, Any], dim: int | None) -> dict[str, Any]:
+    """A task's options schema with ``dimensions`` bounded by the model's width (known only once loaded)."""
+    if dim is None or "dimensions" not in params["properties"]:
+        return params
+    dimensions = dict(params["properties"]["dimensions"])
+    dimensions["anyOf"] = [{**dimensions["anyOf"][0], "maximum": dim}, *dimensions["anyOf"][1:]]
+    return {**params, "properties": {**params["properties"], "dimensions": dimensions}}
+
+
+def inference_body(task: Task, options: ServeOptions, prompts: list[str] | None, dim: int | None) -> dict[str, Any]:
+    """``POST /``: ``{"inputs", "parameters"}`` as huggingface_hub.InferenceClient sends them for ``task``;
+    ``parameters`` holds the task's options and TEI's truncation fields (and ``prompt_name``)."""
     text = _text(options)
+    serving = truncation(prompts if task.takes_prompts else None)
+    task_params = bounded(task.params_schema(), dim)
+
+    def with_params(inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        parameters = {**params, "properties": {**params["properties"], **serving}}
+        return {
+            "type": "object",
+            "required": ["inputs"],
+            "properties": {"inputs": inputs, "parameters": {"anyOf": [parameters, {"type": "null"}]}},
+        }
+
     if task.fields:
         inputs: dict[str, Any] = {
             "type": "object",
@@ -158,28 +228,28 @@ def inference_body(task: Task, options: ServeOptions) -> dict[str, Any]:
             "properties": {name: text for name in task.fields},
             "additionalProperties": False,
         }
-    else:
-        inputs = _one_or_many(text, options)
-        if task.embeds:  # sentence similarity: the source's cosine to each sentence
-            similarity = {
-                "type": "object",
-                "required": ["source_sentence", "sentences"],
-                "properties": {
-                    "source_sentence": text,
-                    "sentences": {"type": "array", "items": text, "minItems": 1,
-                                  "maxItems": options.max_input_items - 1},
-                },
-                "additionalProperties": False,
-            }  # fmt: skip
-            inputs = {"anyOf": [*inputs["anyOf"], similarity]}
-    schema = {
+        return _body(with_params(inputs, task_params), f"{task.name}, as the Hugging Face Inference API takes it")
+    plain = with_params(_one_or_many(text, options), task_params)
+    if not task.embeds:
+        return _body(plain, f"{task.name}, as the Hugging Face Inference API takes it")
+    similarity = {  # sentence similarity: the source's cosine to each sentence, one vector per sentence
         "type": "object",
-        "required": ["inputs"],
-        "properties": {"inputs": inputs, "parameters": {"anyOf": [task.params_schema(), {"type": "null"}]}},
+        "required": ["source_sentence", "sentences"],
+        "properties": {
+            "source_sentence": text,
+            "sentences": {"type": "array", "items": text, "minItems": 1, "maxItems": options.max_input_items - 1},
+        },
+        "additionalProperties": False,
     }
-    return _body(schema, f"{task.name}, as the Hugging Face Inference API takes it")
+    sentence_params = {**task_params, "properties": {k: v for k, v in task_params["properties"].items()
+                                                      if k != "output"}}  # fmt: skip
+    return _body(
+        {"oneOf": [plain, with_params(similarity, sentence_params)]},
+        f"{task.name} or sentence similarity, as the Hugging Face Inference API takes them",
+    )
 
 
+MODELS_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"description": "the served models, in OpenAI's shape"}}
 METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "Prometheus text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}
 }

@@ -148,6 +148,8 @@ class Task:
     embeds: ClassVar[bool] = False  # results are one float32 vector per text (OpenAI /v1/embeddings)
     has_pooler: ClassVar[bool] = False  # its model may end in the base model's pooler (pooler_output)
     takes_prompts: ClassVar[bool] = False  # sentence-transformers prompts (prompt_name) prefix its texts
+    sparse: ClassVar[bool] = False  # results are sparse vectors over the vocabulary (TEI /embed_sparse)
+    classifies: ClassVar[bool] = False  # results are ranked {label, score} per text or pair (TEI /predict)
 
     # ---- options ---------------------------------------------------------------------------------------------
 

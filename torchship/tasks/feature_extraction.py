@@ -12,6 +12,7 @@ from ..errors import ArtifactError, InputError
 from . import Batch, Context, Param, Task, register
 
 POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len")
+OUTPUTS = ("sentence", "tokens")
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, *, mode: str, normalize: bool) -> torch.Tensor:
@@ -73,6 +74,8 @@ class FeatureExtraction(Task):
         Param("dimensions", None, "keep the first N dimensions (Matryoshka); null: all", nullable=True),
         Param("normalize", None, "L2-normalize; null: as the model's sentence-transformers pipeline", "bool",
               nullable=True),
+        Param("output", "sentence", "sentence: one pooled vector per text; tokens: every token's vector", "choice",
+              OUTPUTS),
     )  # fmt: skip
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Any:
@@ -81,9 +84,14 @@ class FeatureExtraction(Task):
     def postprocess(
         self, ctx: Context, prepared: Any, batch: Batch, payloads: list[Any], params: Mapping[str, Any]
     ) -> list[Any]:
+        if params["output"] == "tokens":  # the encoder's last hidden state, each text cut to its own length
+            hidden = batch.outputs["last_hidden_state"].float()
+            return [hidden[i, :n].numpy() for i, n in enumerate(batch.lengths)]
         return postprocess(batch, pooling=prepared, dimensions=params["dimensions"], normalize=params["normalize"])
 
     def finish(self, results: list[Any], single: bool) -> Any:
+        if results and results[0].ndim == 2:  # output="tokens": one (seq_i, dim) array per text
+            return results[0] if single else results
         return np.stack(results)  # (n, dim) float32, a single text included
 
     def to_json(self, result: Any) -> Any:

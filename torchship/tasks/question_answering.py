@@ -43,7 +43,7 @@ def best_spans(
     start = _masked_softmax(start_logits, context)
     end = _masked_softmax(end_logits, context)
     scores = np.triu(np.outer(start, end))  # (seq, seq): end >= start
-    scores = np.tril(scores, max_answer_len - 1)  # at most max_answer_len tokens
+    scores = np.tril(scores, min(max_answer_len, len(start)) - 1)  # at most max_answer_len tokens (any huge value: all)
     scores[~context, :] = 0
     scores[:, ~context] = 0
     flat = scores.ravel()

@@ -61,6 +61,7 @@ class SparseEmbedding(Task):
     arch_suffix = None  # a masked LM is fill-mask unless --task sparse-embedding says otherwise
     takes_pairs = False
     takes_prompts = True
+    sparse = True
     params = (
         Param("top_k", None, "keep the largest N weights per text; null: every non-zero one", nullable=True),
         Param("threshold", 0.0, "drop weights at or below this value", "number"),

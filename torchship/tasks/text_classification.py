@@ -39,6 +39,7 @@ class TextClassification(Task):
     name = "text-classification"
     auto_class = "AutoModelForSequenceClassification"
     arch_suffix = "ForSequenceClassification"
+    classifies = True
     params = (
         Param("top_k", None, "labels to return; null: the best one only", nullable=True, server_max=100),
         Param("function_to_apply", None, "sigmoid, softmax or none (raw logits); null: as the model's problem type",

@@ -146,8 +146,9 @@ class Embedder:
         good = [r for r in rows if r.text is not None]
         if not good:
             return {}, set()
-        works = self.predictor.works([r.text for r in good], {})
-        vectors = self.predictor.run_works(works, {})
+        params = self.predictor.task_def.check_params({})  # the task's defaults: pooled, as the model normalizes
+        works = self.predictor.works([r.text for r in good], params)
+        vectors = self.predictor.run_works(works, params)
         cut = {r.row for r, w in zip(good, works, strict=True) if w.encoded.truncated[0]}
         return {r.row: v for r, v in zip(good, vectors, strict=True)}, cut
 

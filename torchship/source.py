@@ -102,8 +102,8 @@ def read_sentence_transformers(path: Path) -> dict[str, Any]:
     include_prompt = True
     splade: dict[str, Any] = {}
     for module in modules:
-        kind = module.get("type", "")
-        if kind.endswith("models.Pooling"):
+        kind = module.get("type", "").rsplit(".", 1)[-1]  # sentence_transformers.models.Pooling, or ST 6's path
+        if kind == "Pooling":
             cfg = json.loads((path / module.get("path", "") / "config.json").read_text())
             modes = [label for key, label in _POOLING_KEYS if cfg.get(key)]
             if len(modes) != 1:
@@ -113,9 +113,9 @@ def read_sentence_transformers(path: Path) -> dict[str, Any]:
                 )
             mode = modes[0]
             include_prompt = bool(cfg.get("include_prompt", True))
-        elif kind.endswith("models.Normalize"):
+        elif kind == "Normalize":
             normalize = True
-        elif kind.endswith("SpladePooling"):
+        elif kind == "SpladePooling":
             cfg = json.loads((path / module.get("path", "") / "config.json").read_text())
             splade = {k: cfg[k] for k in ("pooling_strategy", "activation_function") if k in cfg}
     max_seq_length = None

@@ -25,16 +25,36 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from ..options import ServeOptions
+from ..tasks import Task
 from . import schema
-from .models import Body, Served, invalid, parse, serving_options
+from .models import Body, Int, Served, invalid, parse, serving_options
 
 SIMILARITY = ("source_sentence", "sentences")
 ERROR_TYPES = {"queue_full": "Overloaded", "unauthorized": "Unauthorized", "model_not_found": "Validation"}
 
 
+ROOT_FIELDS = ("truncate", "truncation_direction", "prompt_name", "normalize", "dimensions")
+
+
 class InferenceRequest(Body):
+    """What InferenceClient posts: ``{"inputs", "parameters"}``, except for feature extraction, whose options it
+    sends at the top level, as TEI's /embed takes them (``{"inputs", "normalize", "dimensions", ...}``)."""
+
     inputs: Any = Field(description="a text, a list of texts, or the task's fields as an object")
     parameters: dict[str, Any] | None = Field(None, description="the task's options")
+    truncate: bool | None = None
+    truncation_direction: str | None = None
+    prompt_name: str | None = None
+    normalize: bool | None = None
+    dimensions: Int | None = None
+
+    def all_parameters(self, task: Task) -> dict[str, Any]:
+        """``parameters`` with the top-level options merged in (the top level wins, as it is what the client's
+        feature_extraction sends)."""
+        top = {k: getattr(self, k) for k in ROOT_FIELDS if getattr(self, k) is not None}
+        if not task.embeds and ({"normalize", "dimensions"} & set(top)):
+            raise invalid(f"normalize and dimensions apply to embeddings; this model serves {task.name}")
+        return {**(self.parameters or {}), **top}
 
 
 async def similarity(
@@ -61,7 +81,7 @@ def add_routes(
         request.state.model = served.name
         body = await parse(request, InferenceRequest)
         inputs = body.inputs
-        parameters, run_options = serving_options(dict(body.parameters or {}))
+        parameters, run_options = serving_options(body.all_parameters(task))
         if isinstance(inputs, dict) and task.embeds and set(inputs) == set(SIMILARITY):
             if parameters.get("output", "sentence") != "sentence":
                 raise invalid("sentence similarity compares sentence embeddings; drop output")

@@ -213,12 +213,25 @@ def inference_body(task: Task, options: ServeOptions, prompts: list[str] | None,
     serving = truncation(prompts if task.takes_prompts else None)
     task_params = bounded(task.params_schema(), dim)
 
+    # InferenceClient sends feature extraction's options at the top level, as TEI's /embed takes them; they win
+    # over the same option in parameters
+    top = dict(serving)
+    if task.embeds:
+        top |= {
+            "normalize": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+            "dimensions": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": dim or 1}, {"type": "null"}]},
+        }
+    else:
+        top |= {"normalize": {"type": "null", "description": "embeddings only"},
+                "dimensions": {"type": "null", "description": "embeddings only"}}  # fmt: skip
+    top = {k: {**v, "description": "top-level form; wins over the same option in parameters"} for k, v in top.items()}
+
     def with_params(inputs: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         parameters = {**params, "properties": {**params["properties"], **serving}}
         return {
             "type": "object",
             "required": ["inputs"],
-            "properties": {"inputs": inputs, "parameters": {"anyOf": [parameters, {"type": "null"}]}},
+            "properties": {"inputs": inputs, "parameters": {"anyOf": [parameters, {"type": "null"}]}, **top},
         }
 
     if task.fields:

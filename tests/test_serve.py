@@ -283,9 +283,11 @@ SCHEMATHESIS_CONFIG = Path(__file__).parent / "data" / "schemathesis.toml"
 
 
 HEADS = {
-    "text-classification": "BertForSequenceClassification",
-    "token-classification": "BertForTokenClassification",
-    "question-answering": "BertForQuestionAnswering",
+    "text-classification": ("BertForSequenceClassification", {}),
+    "token-classification": ("BertForTokenClassification", {}),
+    "question-answering": ("BertForQuestionAnswering", {}),
+    "reranker": ("BertForSequenceClassification", {"num_labels": 1}),  # a cross-encoder: /rerank, /v2/rerank
+    "sparse-embedding": ("BertForMaskedLM", {}),  # SPLADE: /embed_sparse
 }
 
 
@@ -299,8 +301,10 @@ def test_fuzzing_the_openapi_contract_finds_no_500_and_no_undocumented_behaviour
     from tests.conftest import save_tiny
 
     if task in HEADS:
-        checkpoint = save_tiny(tmp_path / "model", HEADS[task], demo_dir)
-        options = torchship.ExportOptions(task=task, seq_lengths=(16, 64), progress=False)
+        head, config = HEADS[task]
+        checkpoint = save_tiny(tmp_path / "model", head, demo_dir, **config)
+        exported = "text-classification" if task == "reranker" else task
+        options = torchship.ExportOptions(task=exported, seq_lengths=(16, 64), progress=False)
         artifact = torchship.export(checkpoint, tmp_path / "art", options)
     else:
         artifact = demo_artifact if task == "feature-extraction" else tiny_mlm_artifact
@@ -326,7 +330,7 @@ def test_fuzzing_the_openapi_contract_finds_no_500_and_no_undocumented_behaviour
 def test_question_answering_runs_through_the_batcher(demo_dir: Path, tmp_path: Path) -> None:
     from tests.conftest import save_tiny
 
-    checkpoint = save_tiny(tmp_path / "qa", HEADS["question-answering"], demo_dir)
+    checkpoint = save_tiny(tmp_path / "qa", HEADS["question-answering"][0], demo_dir)
     options = torchship.ExportOptions(task="question-answering", seq_lengths=(16, 64), progress=False)
     artifact = torchship.export(checkpoint, tmp_path / "art", options)
     context = "Jim Henson was a puppeteer who created the muppets in new york. " * 40  # many windows each

@@ -25,7 +25,6 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from ..options import ServeOptions
-from ..tasks import Task
 from . import schema
 from .models import Body, Int, Served, invalid, parse, serving_options
 
@@ -48,12 +47,14 @@ class InferenceRequest(Body):
     normalize: bool | None = None
     dimensions: Int | None = None
 
-    def all_parameters(self, task: Task) -> dict[str, Any]:
+    def all_parameters(self, served: Served) -> dict[str, Any]:
         """``parameters`` with the top-level options merged in (the top level wins, as it is what the client's
         feature_extraction sends)."""
         top = {k: getattr(self, k) for k in ROOT_FIELDS if getattr(self, k) is not None}
-        if not task.embeds and ({"normalize", "dimensions"} & set(top)):
-            raise invalid(f"normalize and dimensions apply to embeddings; this model serves {task.name}")
+        if not served.task.embeds and ({"normalize", "dimensions"} & set(top)):
+            raise invalid(f"normalize and dimensions apply to embeddings; this model serves {served.task.name}")
+        given, _ = serving_options(self.parameters or {})  # an option overridden at the top level must still be valid
+        served.check_dimensions(served.task.check_params(given, server=True).get("dimensions"))
         return {**(self.parameters or {}), **top}
 
 
@@ -81,7 +82,7 @@ def add_routes(
         request.state.model = served.name
         body = await parse(request, InferenceRequest)
         inputs = body.inputs
-        parameters, run_options = serving_options(body.all_parameters(task))
+        parameters, run_options = serving_options(body.all_parameters(served))
         if isinstance(inputs, dict) and task.embeds and set(inputs) == set(SIMILARITY):
             if parameters.get("output", "sentence") != "sentence":
                 raise invalid("sentence similarity compares sentence embeddings; drop output")

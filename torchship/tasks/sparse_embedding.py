@@ -48,7 +48,7 @@ class SpladeModel(nn.Module):
 
 
 def sparsify(vector: np.ndarray, *, top_k: int | None, threshold: float) -> dict[str, np.ndarray]:
-    keep = np.flatnonzero(vector > threshold)
+    keep = np.flatnonzero(vector > min(threshold, float(np.finfo(vector.dtype).max)))  # no float32 overflow
     if top_k is not None and len(keep) > top_k:
         keep = np.sort(keep[np.argsort(-vector[keep], kind="stable")[:top_k]])
     return {"indices": keep.astype(np.int64), "values": vector[keep].astype(np.float32)}

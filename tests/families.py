@@ -56,6 +56,7 @@ TASK_SUFFIX = {
     "text-classification": "ForSequenceClassification",
     "token-classification": "ForTokenClassification",
     "question-answering": "ForQuestionAnswering",
+    "sparse-embedding": "ForMaskedLM",  # SPLADE pooling on a masked LM
 }
 
 NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}

@@ -164,9 +164,8 @@ def main() -> int:
             seconds, runs = median_of(lambda: drive(jobs, args.clients), args.repeats)
             results["two models"] = {"seconds": seconds, "runs": runs, "texts_per_s": 2 * len(texts) / seconds,
                                      "vs_predictor": 2 * base / seconds}  # fmt: skip
-            print(
-                f"two models       {seconds:7.2f} s  {2 * len(texts) / seconds:7.1f} texts/s  {2 * base / seconds:5.2f}x"
-            )
+            rate, ratio = 2 * len(texts) / seconds, 2 * base / seconds
+            print(f"two models       {seconds:7.2f} s  {rate:7.1f} texts/s  {ratio:5.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -42,6 +42,8 @@ def formats_of(family: str, task: str) -> tuple[str, ...]:
     if task == "sparse-embedding":
         return ("torchscript", "onnx") if family == AOTI_FAMILY else ("torchscript",)
     return ("torchscript", "onnx", "aoti") if family == AOTI_FAMILY else ("torchscript", "onnx")
+
+
 TEXTS = ["Jim Henson was a puppeteer in New York.", "Sesame Street", "the muppets were filmed in london studios"]
 
 

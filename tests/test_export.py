@@ -30,7 +30,12 @@ def test_manifest_records_what_the_issue_asks(demo_artifact: Path) -> None:
     assert m["outputs"] == ["last_hidden_state", "pooler_output"]
     assert m["dtype"] == "float32"
     assert m["inference_only"] is True
-    assert m["pooling"] == {"mode": "mean", "normalize": True, "source": "sentence-transformers"}
+    assert m["pooling"] == {
+        "mode": "mean",
+        "normalize": True,
+        "include_prompt": True,
+        "source": "sentence-transformers",
+    }
     assert list(m["source"]["weights_sha256"]) == ["model.safetensors"]
     entries = m["formats"]["torchscript"]
     assert [e["seq"] for e in entries] == [16, 32, 64, 128, 256]

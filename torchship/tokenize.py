@@ -18,6 +18,16 @@ from tokenizers import Encoding, Tokenizer
 from .errors import InputError, SequenceTooLongError
 
 TextInput = str | tuple[str, str]
+# What makes a text blank: Python's whitespace (str.isspace) and ECMAScript's (JSON Schema's \s), together, so the
+# server's OpenAPI pattern (NON_BLANK) and this check agree on every character
+BLANK = "\t\n\x0b\x0c\r \x1c\x1d\x1e\x1f\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + (
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+NON_BLANK = "[^" + "".join(f"\\u{ord(c):04x}" for c in BLANK) + "]"  # a regex both Python and ECMAScript read alike
+
+
+def is_blank(text: str) -> bool:
+    return all(c in BLANK for c in text)
 DIRECTIONS = ("right", "left")
 
 
@@ -79,11 +89,11 @@ def check_texts(texts: object) -> list[TextInput]:
     for i, item in enumerate(items):
         if _is_pair(item):
             first, second = item
-            if not first.strip() or not second.strip():
+            if is_blank(first) or is_blank(second):
                 raise InputError(f"item {i} is a text pair with an empty side; both texts must be non-empty")
             out.append((first, second))
         elif isinstance(item, str):
-            if not item.strip():
+            if is_blank(item):
                 raise InputError(f"item {i} is an empty string; every text must contain at least one character")
             out.append(item)
         else:

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from ..options import ServeOptions
 from ..tasks import Task
+from ..tokenize import NON_BLANK
 
 
 class ErrorDetail(BaseModel):
@@ -50,7 +51,7 @@ def _body(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _text(options: ServeOptions) -> dict[str, Any]:
     # a text with at least one non-blank character, within max_input_chars
-    return {"type": "string", "minLength": 1, "maxLength": options.max_input_chars, "pattern": r"\S"}
+    return {"type": "string", "minLength": 1, "maxLength": options.max_input_chars, "pattern": NON_BLANK}
 
 
 def _one_or_many(one: dict[str, Any], options: ServeOptions, item: dict[str, Any] | None = None) -> dict[str, Any]:

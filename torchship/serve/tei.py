@@ -29,7 +29,7 @@ from pydantic import Field
 
 from .. import __version__
 from ..options import ServeOptions
-from ..tokenize import check_texts
+from ..tokenize import check_texts, is_blank
 from . import schema
 from .models import Body, HTTPError, Int, Served, invalid, parse, wrong_task
 
@@ -294,7 +294,7 @@ async def rank(
     truncation header."""
     from ..runtime import ranked
 
-    if not isinstance(query, str) or not query.strip():
+    if not isinstance(query, str) or is_blank(query):
         raise invalid("query is empty; pass the text to rank against")
     params = {"top_k": None, "function_to_apply": "none" if raw else None}
     outcome = await served.run([(query, t) for t in texts], {}, params, **run_options)

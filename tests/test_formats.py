@@ -199,3 +199,11 @@ def test_dynamic_formats_split_micro_batches_at_the_cheapest_cuts(all_formats: P
         in_group = [rows for rows, _, _ in jobs if (max(lengths[rows]) <= 8) == (bucket == 8)]
         planned = [[int(lengths[r]) for r in rows] for rows in in_group]
         assert total(planned) == pytest.approx(best)
+
+
+def test_torchscript_on_cpu_runs_without_the_profiling_executor(tiny_bert_artifact: Path) -> None:
+    """The profiling executor keeps a graph per input shape: twice the memory of a long job, at equal speed
+    (README, "Memory of a long job"). Loading onto the CPU switches it off."""
+    torch._C._jit_set_profiling_executor(True)
+    torchship.load(tiny_bert_artifact, format="torchscript")
+    assert torch._C._jit_set_profiling_executor(False) is False  # the value the load left: off

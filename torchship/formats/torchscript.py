@@ -66,6 +66,12 @@ class TorchScript(Format):
     def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:
         """Load ``model.pt`` onto the target device; bucket ``S`` runs through method ``seq_S``."""
         seqs = sorted(int(e.seq or 0) for e in manifest.formats[self.name])
+        if torch.device(target.device).type == "cpu":
+            # TorchScript's profiling executor keeps a specialized graph per input shape it has seen. On CPU that
+            # bought no speed here and cost memory: a corpus job peaked at 1.45-1.83 GB with it (varying run to
+            # run) and at 0.85-0.88 GB without, at equal rows/s (benchmarks: README, "Memory of a long job").
+            # The switch is process-wide, like torch.set_num_threads.
+            torch._C._jit_set_profiling_executor(False)
         module = load_module(root / FILE, target.device)
         methods = {seq: getattr(module, method_name(seq)) for seq in seqs}
 

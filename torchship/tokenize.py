@@ -20,14 +20,18 @@ from .errors import InputError, SequenceTooLongError
 TextInput = str | tuple[str, str]
 # What makes a text blank: Python's whitespace (str.isspace) and ECMAScript's (JSON Schema's \s), together, so the
 # server's OpenAPI pattern (NON_BLANK) and this check agree on every character
-BLANK = "\t\n\x0b\x0c\r \x1c\x1d\x1e\x1f\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + (
-    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+BLANK = (
+    "\t\n\x0b\x0c\r \x1c\x1d\x1e\x1f\x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000\ufeff")
 )
 NON_BLANK = "[^" + "".join(f"\\u{ord(c):04x}" for c in BLANK) + "]"  # a regex both Python and ECMAScript read alike
 
 
 def is_blank(text: str) -> bool:
     return all(c in BLANK for c in text)
+
+
 DIRECTIONS = ("right", "left")
 
 

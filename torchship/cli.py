@@ -163,9 +163,10 @@ def _task_options(p: argparse.ArgumentParser) -> None:
     for task in tasks.all_tasks():
         for param in task.params:
             if param.flag in seen:
-                kind = {
+                kinds: dict[str, dict[str, Any]] = {
                     "choice": {"choices": list(param.choices)}, "bool": {"type": _yes_no}, "number": {"type": float},
-                }.get(param.kind, {"type": int})  # fmt: skip
+                }  # fmt: skip
+                kind = kinds.get(param.kind, {"type": int})
                 p.add_argument(param.flag, dest=param.name, default=None, help="; ".join(seen.pop(param.flag)), **kind)
 
 

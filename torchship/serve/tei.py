@@ -228,7 +228,8 @@ def add_routes(
     async def tokenize(request: Request) -> JSONResponse:
         request.state.model = served.name
         body = await parse(request, TokenizeRequest)
-        texts = check_texts(texts_of(body.inputs))
+        texts = texts_of(body.inputs)
+        check_texts(texts)  # each non-blank, as the schema says
         served.check_limits(texts)
         prompt = predictor.prompt(body.prompt_name) if body.prompt_name is not None else None
         tokenizer = predictor.encoder.tokenizer

@@ -19,7 +19,12 @@ def postprocess(
     logits = batch.outputs["logits"].float()  # (batch, num_labels)
     if function is None:
         function = "sigmoid" if problem_type == "multi_label_classification" or logits.shape[-1] == 1 else "softmax"
-    scores = {"sigmoid": logits.sigmoid, "softmax": lambda: logits.softmax(dim=-1), "none": lambda: logits}[function]()
+    if function == "sigmoid":
+        scores = logits.sigmoid()
+    elif function == "softmax":
+        scores = logits.softmax(dim=-1)
+    else:
+        scores = logits
     results: list[Any] = []
     for row in scores:
         ranked = sorted(

@@ -11,34 +11,14 @@ import numpy as np
 import pytest
 
 import torchship
-from tests.conftest import free_port
+from tests.test_serve import serve_in_thread
 from torchship.cli import main
-from torchship.options import ServeOptions
 
 
 @pytest.fixture(scope="module")
 def url(demo_artifact: Path, tiny_bert_artifact: Path, tiny_mlm_artifact: Path) -> Iterator[str]:
-    import threading
-    import time
-
-    import uvicorn
-
-    from torchship.serve.app import create_app
-
-    models = {"minilm": demo_artifact, "tiny": tiny_bert_artifact, "mlm": tiny_mlm_artifact}
-    app = create_app(models, ServeOptions(port=0))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_in_thread({"minilm": demo_artifact, "tiny": tiny_bert_artifact, "mlm": tiny_mlm_artifact}) as base:
+        yield base
 
 
 def test_openai_client_picks_the_model_by_name(url: str, demo_artifact: Path, tiny_bert_artifact: Path) -> None:

@@ -25,8 +25,9 @@ from torchship.serve.app import create_app
 
 
 @contextlib.contextmanager
-def serve_in_thread(artifact: Path, **options: object) -> Iterator[str]:
-    """Run uvicorn on 127.0.0.1 with a free port in a thread; yield its base URL (httpx's conftest pattern)."""
+def serve_in_thread(artifact: Path | dict[str, Path], **options: object) -> Iterator[str]:
+    """Run uvicorn on 127.0.0.1 with a free port in a thread; yield its base URL (httpx's conftest pattern).
+    ``artifact`` may be several, by name."""
     import uvicorn
 
     app = create_app(artifact, ServeOptions(port=0, **options))

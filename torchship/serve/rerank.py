@@ -21,6 +21,7 @@ from pydantic import Field
 from ..options import ServeOptions
 from . import schema
 from .models import Body, Int, Models, Served, invalid, parse
+from .tei import rank
 
 
 class Document(Body):
@@ -40,8 +41,6 @@ def add_routes(
     app: FastAPI, *, models: Models, pick: Callable[[Request, str | None], Served], authorize: Callable[..., None],
     options: ServeOptions,
 ) -> None:  # fmt: skip
-    from .tei import rank
-
     async def rerank(request: Request) -> JSONResponse:
         body = await parse(request, RerankRequest)
         served = pick(request, body.model)

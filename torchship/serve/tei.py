@@ -29,8 +29,10 @@ from pydantic import Field
 
 from .. import __version__
 from ..options import ServeOptions
+from ..runtime import ranked
 from ..tokenize import check_texts, is_blank
 from . import schema
+from .hf import similarity as cosine
 from .models import Body, HTTPError, Int, Served, invalid, parse, wrong_task
 
 Direction = Literal["Left", "Right", "left", "right"]
@@ -108,8 +110,6 @@ def add_routes(
     at_root: bool,
 ) -> list[str]:  # fmt: skip
     """TEI's routes for ``served`` under ``root``; at the server's root, without /predict and /info."""
-    from .hf import similarity as cosine
-
     task, predictor, paths = served.task, served.predictor, []
     errors = schema.inference_error_responses(400, 401, 413, 422, 503)
 
@@ -293,8 +293,6 @@ async def rank(
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Score (query, text) pairs through the batcher; ``[{"corpus_id", "score"}]`` best first, and the
     truncation header."""
-    from ..runtime import ranked
-
     if not isinstance(query, str) or is_blank(query):
         raise invalid("query is empty; pass the text to rank against")
     params = {"top_k": None, "function_to_apply": "none" if raw else None}

@@ -6,6 +6,9 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 .PHONY: demo test cpp bench-report clean
 
+CMAKE_CONFIGURE = cmake -S cpp -B build/cpp -DCMAKE_BUILD_TYPE=Release \
+	-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
@@ -33,8 +36,16 @@ test: $(VENV)/.test-installed
 cpp: $(VENV)/.demo-installed
 	@command -v cmake >/dev/null && test -f /usr/include/nlohmann/json.hpp && test -f /usr/include/openssl/evp.h || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake nlohmann-json3-dev libssl-dev >/dev/null)
-	cmake -S cpp -B build/cpp -DCMAKE_BUILD_TYPE=Release \
-		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
+	@mkdir -p build
+	@# CMake's log goes to build/cpp-configure.log and is printed when configuring fails. One CI run saw CMake fail
+	@# to identify the compiler ("No known features for CXX compiler", id "") in a fresh build/cpp while the other
+	@# test worker was busy; a second configure from a clean directory is allowed before giving up.
+	@$(CMAKE_CONFIGURE) >build/cpp-configure.log 2>&1 || { \
+		echo "configuring build/cpp failed; retrying from a clean build/cpp. First attempt:"; \
+		tail -n 40 build/cpp-configure.log; rm -rf build/cpp; \
+		$(CMAKE_CONFIGURE) >build/cpp-configure.log 2>&1 || { cat build/cpp-configure.log; \
+			cat build/cpp/CMakeFiles/CMakeError.log build/cpp/CMakeFiles/CMakeConfigureLog.yaml 2>/dev/null | tail -n 80; \
+			exit 1; }; }
 	cmake --build build/cpp -j2
 	@echo "built build/cpp/torchship-run"
 

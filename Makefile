@@ -1,6 +1,7 @@
 # The two set-up commands: `make demo` and `make test`. Both create or reuse .venv.
 PYTHON ?= python3
 VENV ?= .venv
+TRITON_VENV ?= .venv-triton
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
@@ -17,9 +18,19 @@ $(VENV)/.demo-installed: pyproject.toml | $(PY)
 	$(PIP) install -e '.[demo]'
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml | $(PY)
+$(VENV)/.test-installed: pyproject.toml | $(PY) $(TRITON_VENV)/.installed
 	$(PIP) install -e '.[demo,test]'
 	touch $@ $(VENV)/.demo-installed  # the test extra holds the demo one
+
+# The Triton tests' server side (tests/triton_server.py): the tritonserver binary and Python backend from the
+# nvidia-pytriton wheel (its Python package is not used, so no dependencies), and the environment Triton's Python
+# backend runs torchship in. That stub (Triton 2.51) reads tensors wrongly under numpy 2, hence numpy<2 here.
+$(TRITON_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0 'numpy<2' \
+		'tokenizers>=0.20' 'safetensors>=0.4' 'huggingface-hub>=0.30' 'tqdm>=4.66'
+	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps -e . 'nvidia-pytriton==0.7.0'
+	touch $@
 
 demo: $(VENV)/.demo-installed
 	$(VENV)/bin/torchship export demo artifacts/minilm --overwrite

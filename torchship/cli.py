@@ -134,6 +134,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="run on Ray Data (join ADDRESS, or start a local Ray)")  # fmt: skip
     p.add_argument("--actors", default="2", help="Ray actor pool size: N, or MIN,MAX to autoscale")
 
+    p = sub.add_parser("triton", help="write a Triton Inference Server model repository from an artifact")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("repo", metavar="REPO", help="the model repository directory (created; other models are kept)")
+    p.add_argument(
+        "--name", help="model name (default: the artifact's directory name); also NAME_torchscript, NAME_aoti"
+    )
+    p.add_argument("--max-batch-size", type=int, default=64, help="Triton's max_batch_size (dynamic batching)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching's max queue delay")
+    p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count)")
+    p.add_argument("--kind", choices=["cpu", "gpu"], default=None, help="default: the artifact's device")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per text-in instance")
+    p.add_argument("--truncate", action="store_true", help="cut over-long texts (default: refuse them; see README)")
+    p.add_argument("--overwrite", action="store_true", help="replace models of the same names in REPO")
+
     p = sub.add_parser("tokenize", help="token ids as JSON lines, for torchship-run (C++) and other consumers")
     p.add_argument("artifact", metavar="ARTIFACT")
     p.add_argument("texts", metavar="TEXT", nargs="*")
@@ -456,6 +470,20 @@ def _print_info(path: str | Path) -> None:
     print(f"files         {len(m.files)}, {size / 1e6:.1f} MB, sha256-checked on load")
 
 
+def _triton(args: argparse.Namespace) -> int:
+    from .triton import TritonOptions, write_repository
+
+    options = TritonOptions(
+        name=args.name, max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+        instances=args.instances, kind=args.kind, threads=args.threads, truncate=args.truncate,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    for path in write_repository(args.artifact, args.repo, options):
+        print(f"wrote {path}: {(path / 'README.md').read_text().splitlines()[2]}")
+    print(f"start it: tritonserver --model-repository {Path(args.repo).resolve()}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     if args.json:
         from .artifact import read_manifest
@@ -490,6 +518,7 @@ _COMMANDS = {
     "plan": _plan,
     "serve": _serve,
     "tokenize": _tokenize,
+    "triton": _triton,
     "info": _info,
     "validate": _validate,
 }

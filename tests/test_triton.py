@@ -76,12 +76,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory, artifacts: dict[str, Path]) -
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[triton_server.Server]:
     if triton_server.dist_dir() is None:
         pytest.skip("nvidia-pytriton is not installed")
-    # the native backends are not in the wheel: serve a copy of the repository without those two models
-    served = tmp_path_factory.mktemp("served") / "models"
-    served.mkdir()
-    for model in repo.iterdir():
-        if not model.name.endswith(("_torchscript", "_aoti")):
-            (served / model.name).symlink_to(model, target_is_directory=True)
+    # the native backends are not in the wheel: serve the repository without those two models
+    served = triton_server.text_models_only(repo, tmp_path_factory.mktemp("served") / "models")
     server = triton_server.start(served, tmp_path_factory.mktemp("server"), (free_port(), free_port(), free_port()))
     yield server
     server.stop()

@@ -109,6 +109,7 @@ def start(repo: Path, root: Path, ports: tuple[int, int, int], *, timeout: float
         "--allow-metrics=false",
         "--exit-on-error=true",
         "--strict-readiness=true",
+        "--exit-timeout-secs=5",
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=environment())
@@ -126,3 +127,42 @@ def start(repo: Path, root: Path, ports: tuple[int, int, int], *, timeout: float
         time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"tritonserver was not ready within {timeout:.0f} s:\n{server.logs()}")
+
+
+def text_models_only(repo: Path, out: Path) -> Path:
+    """A view of ``repo`` without its ``_torchscript`` and ``_aoti`` models, whose backends the wheel lacks."""
+    out.mkdir(parents=True, exist_ok=True)
+    for model in sorted(repo.iterdir()):
+        if model.is_dir() and not model.name.endswith(("_torchscript", "_aoti")):
+            (out / model.name).symlink_to(model.resolve(), target_is_directory=True)
+    return out
+
+
+if __name__ == "__main__":  # .venv/bin/python -m tests.triton_server REPO: serve REPO's text-in models until ^C
+    import argparse
+    import signal
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("repo", type=Path)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    args = parser.parse_args()
+    if dist_dir() is None:
+        raise SystemExit("no tritonserver in .venv-triton; run `make .venv-triton/.installed` first")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill %1` of a background job stops the server too
+    signal.signal(signal.SIGINT, interrupt)  # even where a background job was started with SIGINT ignored
+    with tempfile.TemporaryDirectory() as tmp:
+        served = text_models_only(args.repo.resolve(), Path(tmp) / "models")
+        server = start(served, Path(tmp), (args.http_port, args.grpc_port, args.http_port + 2))
+        print(f"ready: HTTP {server.http}, gRPC {server.grpc} (log: {server.log}); ^C or SIGTERM stops it", flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()

@@ -101,7 +101,7 @@ def test_raw_parity_at_untraced_shapes(family: str, task: str, exported) -> None
     src, art = exported(family, task)
     predictor = torchship.load(art)
     assert predictor.task == task
-    assert set(predictor.backends) == set(formats_of(family, task))
+    assert set(predictor.engine.available) == set(formats_of(family, task))
     eager = _eager(src, task)
     atol = registry.get_spec(family).atol
     torch.manual_seed(2)
@@ -115,7 +115,7 @@ def test_raw_parity_at_untraced_shapes(family: str, task: str, exported) -> None
             inputs["token_type_ids"] = (torch.arange(seq) > seq // 2).long().expand(batch, seq)
         with torch.inference_mode():
             want = eager(**inputs)
-        for fmt in predictor.backends:  # every format of the cell, not only the one routing would pick
+        for fmt in predictor.engine.available:  # every format of the cell, not only the one routing would pick
             got = predictor.run(**inputs, format=fmt)
             for name, value in got.items():
                 ref = want[name]

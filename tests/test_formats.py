@@ -72,8 +72,9 @@ def test_each_format_matches_eager_at_untraced_shapes(all_formats: Path, tiny_be
 
 def test_auto_format_picks_the_fastest_recorded(all_formats: Path) -> None:
     predictor = torchship.load(all_formats)
-    assert set(predictor.backends) == {"torchscript", "aoti", "onnx"}
     medians = _manifest(all_formats)["timings"]["median_ms"]
+    winners = {min(medians, key=lambda f: medians[f][point]) for point in medians["onnx"]}
+    assert set(predictor.backends) == winners  # only the formats routing can pick are loaded
     for batch, seq in [(1, 5), (1, 30), (8, 8), (12, 32), (64, 8)]:
         grid = f"{1 if batch < 3 else 8 if batch < 16 else 32}x{8 if seq <= 8 else 32}"
         fastest = min(medians, key=lambda f: medians[f][grid])
@@ -119,7 +120,7 @@ def test_missing_format_is_a_clear_error(tiny_bert_artifact: Path) -> None:
     with pytest.raises(torchship.ArtifactError, match="has no 'onnx' format; it holds: torchscript"):
         torchship.load(tiny_bert_artifact, format="onnx")
     predictor = torchship.load(tiny_bert_artifact)
-    with pytest.raises(torchship.InputError, match="format 'aoti' is not loaded"):
+    with pytest.raises(torchship.InputError, match="format 'aoti' is not in this artifact; it holds: torchscript"):
         predictor.run([[101, 102]], format="aoti")
 
 
@@ -161,6 +162,51 @@ def test_calibrate_retimes_the_formats_here_and_routes_by_that(all_formats: Path
     single = torchship.load(all_formats, format="onnx", calibrate=True)
     assert single.timings is not None  # one format: nothing to choose, nothing timed
     assert dataclasses.asdict(single.timings) == recorded
+
+
+def test_only_formats_routing_can_pick_are_loaded_and_checked(all_formats: Path, tmp_path: Path, monkeypatch) -> None:
+    """A format slower everywhere is neither loaded nor hashed (a corrupt file of it goes unnoticed until it is
+    forced, which loads it then and names the file); and a file checked once is not hashed again."""
+    import shutil
+
+    from torchship import artifact
+
+    art = tmp_path / "art"
+    shutil.copytree(all_formats, art)
+    data = _manifest(art)
+    data["timings"]["median_ms"]["aoti"] = {k: 1e9 for k in data["timings"]["median_ms"]["aoti"]}
+    (art / "manifest.json").write_text(json.dumps(data))
+    blob = bytearray((art / aoti.FILE).read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (art / aoti.FILE).write_bytes(bytes(blob))
+    hashed: list[str] = []
+    real = artifact.sha256_file
+    monkeypatch.setattr(artifact, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    predictor = torchship.load(art)
+    assert "aoti" not in predictor.backends
+    assert set(predictor.backends) <= {"torchscript", "onnx"}
+    assert aoti.FILE not in hashed
+    assert predictor(["hello world"]).shape == (1, 32)
+    with pytest.raises(torchship.ChecksumError, match="model.pt2"):
+        predictor.run([[101, 2000, 102]], format="aoti")
+    hashed.clear()
+    torchship.load(art)  # the same files, unchanged: nothing is hashed again
+    assert hashed == []
+    (art / "tokenizer" / "tokenizer.json").write_text((art / "tokenizer" / "tokenizer.json").read_text() + " ")
+    with pytest.raises(torchship.ChecksumError, match="tokenizer.json"):
+        torchship.load(art)  # a changed file is hashed again
+
+
+def test_calibrate_keeps_to_its_time_budget(all_formats: Path) -> None:
+    recorded = _manifest(all_formats)["timings"]["median_ms"]
+    predictor = torchship.load(all_formats, calibrate=True, calibrate_budget_s=0.001)
+    medians = predictor.timings.median_ms if predictor.timings else {}
+    # the cheapest point is always timed; the budget is spent before the next, which keeps the export's timings
+    changed = {point for fmt in medians for point in medians[fmt] if medians[fmt][point] != recorded[fmt][point]}
+    assert changed == {"1x8"}
+    assert set(predictor.backends) == {min(medians, key=lambda f: medians[f][p]) for p in medians["onnx"]}
+    with pytest.raises(torchship.OptionsError, match="calibrate_budget_s"):
+        torchship.load(all_formats, calibrate=True, calibrate_budget_s=0)
 
 
 def test_dynamic_formats_split_micro_batches_at_the_cheapest_cuts(all_formats: Path) -> None:

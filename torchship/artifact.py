@@ -175,18 +175,35 @@ def read_manifest(root: Path) -> Manifest:
     return Manifest.from_json(data, path=path)
 
 
-def verify(root: Path, manifest: Manifest) -> None:
-    """Check every file the manifest lists against its sha256."""
+# files already checked by this process: (path, size, mtime, ctime, inode, expected sha256); a file is hashed again only
+# when it changed, so loading one artifact several times (a server's models, a job's parts) hashes it once
+_VERIFIED: set[tuple[str, int, int, int, int, str]] = set()
+
+
+def format_files(manifest: Manifest) -> dict[str, set[str]]:
+    """Each format's own files (what only that format loads)."""
+    return {name: {e.file for e in entries} for name, entries in manifest.formats.items()}
+
+
+def verify(root: Path, manifest: Manifest, *, skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """Check every file the manifest lists, except those in ``skip``, against its sha256 (streamed, 1 MiB at a
+    time; a file this process checked already and that has not changed since is not read again)."""
     files = manifest.files
     if not files:
         raise ArtifactError(f"{root / MANIFEST} lists no files; export the artifact again", path=root)
     for rel, expected in files.items():
+        if rel in skip:
+            continue
         path = root / rel
         if not path.is_file():
             raise MissingFileError(
                 f"artifact file {rel} is missing from {root}; the artifact is incomplete, export it again",
                 path=root,
             )
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, expected)
+        if key in _VERIFIED:
+            continue
         actual = sha256_file(path)
         if actual != expected:
             raise ChecksumError(
@@ -194,6 +211,7 @@ def verify(root: Path, manifest: Manifest) -> None:
                 "the file was modified or corrupted; export the artifact again",
                 path=root,
             )
+        _VERIFIED.add(key)
 
 
 @contextlib.contextmanager

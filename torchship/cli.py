@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="micro-batches run concurrently")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
     p.add_argument("--calibrate", action="store_true", help="re-time the artifact's formats here before serving")
+    p.add_argument("--calibrate-budget", type=float, default=15.0, metavar="SECONDS", help="time --calibrate may take")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="deploy on Ray Serve (join ADDRESS, or start a local Ray)")  # fmt: skip
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
@@ -385,6 +386,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         calibrate=args.calibrate,
+        calibrate_budget_s=args.calibrate_budget,
     )
     models = _served_models(args.artifacts, args.model)
     if args.ray is not None:

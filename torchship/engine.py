@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import device, formats
+from . import artifact, device, formats
 from .artifact import Manifest
 from .errors import ArtifactError, InputError, SequenceTooLongError
 from .flops import flops
@@ -130,12 +130,17 @@ class Engine:
             torch.set_num_threads(options.threads)  # process-wide: torch has one intra-op pool
         self.device = device.resolve(options.device or manifest.device or "cpu")
         self.format = options.format
-        target = Target(self.device, options.threads, sorted(manifest.buckets))
-        names = [options.format] if options.format else available
-        self.backends: dict[str, Backend] = {n: formats.get(n).load(root, manifest, target) for n in names}
+        self.target = Target(self.device, options.threads, sorted(manifest.buckets))
+        self.available = available
+        self.timings = manifest.timings
+        self._lock = threading.Lock()
+        names = [options.format] if options.format else self.routed(options.calibrate)
+        if options.verify:  # the files every format shares, and those of the formats loaded now
+            own = artifact.format_files(manifest)
+            artifact.verify(root, manifest, skip=set().union(*(own[n] for n in available if n not in names)))
+        self.backends: dict[str, Backend] = {n: formats.get(n).load(root, manifest, self.target) for n in names}
         static = [b.lengths for b in self.backends.values() if b.lengths]
         self.buckets: list[int] = static[0] if static else list(manifest.buckets or [self.max_length])
-        self.timings = manifest.timings
         config = json.loads((root / "config.json").read_text())
         pooler = "pooler_output" in self.output_names
         self.cost = functools.cache(lambda seq: flops(config, 1, seq, manifest.task, pooler=pooler))
@@ -143,13 +148,36 @@ class Engine:
 
     # ---- routing -----------------------------------------------------------------------------------------------
 
+    def routed(self, calibrate: bool = False) -> list[str]:
+        """The formats routing can pick: those fastest at one grid point or more of the recorded timings (the
+        first format when there are none; every format when they are to be re-timed). Only these are loaded."""
+        if calibrate or len(self.available) == 1:
+            return list(self.available)
+        t = self.timings
+        if t is None:
+            return self.available[:1]
+        wins = {route(t.median_ms, t.batch, t.seq, b, s, self.available) for b in t.batch for s in t.seq}
+        return [n for n in self.available if n in wins]
+
+    def backend(self, name: str) -> Backend:
+        """A format's backend, loaded (and its files checked) on first use when routing did not need it."""
+        if name not in self.backends:
+            if name not in self.available:
+                raise InputError(f"format {name!r} is not in this artifact; it holds: {', '.join(self.available)}")
+            with self._lock:
+                if name not in self.backends:
+                    if self.options.verify:
+                        own = artifact.format_files(self.manifest)
+                        others = (own[n] for n in self.available if n != name)
+                        artifact.verify(self.root, self.manifest, skip=set().union(*others))
+                    self.backends[name] = formats.get(name).load(self.root, self.manifest, self.target)
+        return self.backends[name]
+
     def select(self, batch: int, seq: int, format: str | None = None) -> Backend:
         """The backend for a (batch, seq) micro-batch: the forced one, the only one, or the fastest timed."""
         format = format or self.format
         if format is not None:
-            if format not in self.backends:
-                raise InputError(f"format {format!r} is not loaded; loaded: {', '.join(self.backends)}")
-            return self.backends[format]
+            return self.backend(format)
         if len(self.backends) == 1 or self.timings is None:
             return next(iter(self.backends.values()))
         t = self.timings

@@ -195,6 +195,8 @@ def _build(
         if "precision" in refined:
             manifest.precision = refined["precision"]
     steps.set_postfix_str("timing formats")
+    for name in options.formats:  # every format is timed, whichever the staging engine loaded so far
+        staging.engine.backend(name)
     manifest.timings = time_formats(staging.engine, buckets) if len(options.formats) > 1 else None
     manifest.export = {
         "options": {k: _jsonable(v) for k, v in asdict(options).items()},
@@ -381,7 +383,7 @@ def validate_artifact(
     wrapper = ExportWrapper(loaded.model, predictor.input_names, predictor.output_names).eval()
     reports = {}
     measured = (predictor.manifest.precision or {}).get("tolerance") or {}
-    for fmt in predictor.backends:
+    for fmt in predictor.engine.available:  # every format, loaded or not yet
         recorded = predictor.manifest.formats[fmt][0].parity or {}
         tolerance = atol or float(recorded.get("atol", 1e-4))
         reports[fmt] = validate.check(

@@ -122,8 +122,9 @@ class LoadOptions:
     small encoders ``workers=2, threads=1`` uses two cores better than ``workers=1, threads=2``.
     ``verify`` checks every file's sha256 first. ``device`` defaults to the one the artifact was exported for.
     With several formats, each micro-batch goes to the format that was fastest at export on the nearest grid
-    point; ``calibrate=True`` re-times the formats on this machine at load (seconds) and routes by that instead,
-    for an artifact exported on another machine or with other threads.
+    point; ``calibrate=True`` re-times the formats on this machine at load, within ``calibrate_budget_s``
+    seconds, and routes by that instead, for an artifact exported on another machine or with other threads.
+    Only the formats that routing can pick are loaded (and checked); a format forced later loads then.
     """
 
     format: str | None = None
@@ -135,9 +136,13 @@ class LoadOptions:
     threads: int | None = None
     verify: bool = True
     calibrate: bool = False
+    calibrate_budget_s: float = 15.0
 
     def __post_init__(self) -> None:
         from . import formats
+
+        if not self.calibrate_budget_s > 0:
+            raise OptionsError(f"calibrate_budget_s must be > 0 seconds, got {self.calibrate_budget_s}")
 
         if self.format is not None and self.format not in formats.names():
             raise OptionsError(f"format {self.format!r} is not supported; choose from: {', '.join(formats.names())}")
@@ -179,6 +184,7 @@ class ServeOptions:
     workers: int = 1
     threads: int | None = None
     calibrate: bool = False
+    calibrate_budget_s: float = 15.0
 
     def __post_init__(self) -> None:
         for name in (

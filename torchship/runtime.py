@@ -34,9 +34,7 @@ def load(path: str | Path, **options: Any) -> Predictor:
         raise InputError(f"{e}; valid options are: {valid}") from e
     root = Path(path)
     manifest = artifact.read_manifest(root)
-    if opts.verify:
-        artifact.verify(root, manifest)
-    return Predictor(root, manifest, opts)
+    return Predictor(root, manifest, opts)  # the engine checks the files it loads (LoadOptions.verify)
 
 
 class Predictor:
@@ -67,7 +65,10 @@ class Predictor:
             from .timing import time_formats
 
             recorded = manifest.timings.seq if manifest.timings else self.engine.buckets
-            self.engine.timings = dataclasses.replace(time_formats(self.engine, recorded), source="calibrated")
+            timings = time_formats(self.engine, recorded, total_s=options.calibrate_budget_s, recorded=manifest.timings)
+            self.engine.timings = dataclasses.replace(timings, source="calibrated")
+            keep = self.engine.routed()  # a format that won nowhere is never used: let it go
+            self.engine.backends = {n: b for n, b in self.engine.backends.items() if n in keep}
 
     def __repr__(self) -> str:
         return (

@@ -14,25 +14,46 @@ from .engine import Engine
 GRID_BATCHES = (1, 8, 32)
 
 
-def time_formats(engine: Engine, seqs: list[int], *, budget_s: float = 0.15, max_reps: int = 15) -> Timings:
+def time_formats(
+    engine: Engine,
+    seqs: list[int],
+    *,
+    budget_s: float = 0.15,
+    max_reps: int = 15,
+    total_s: float | None = None,
+    recorded: Timings | None = None,
+) -> Timings:
     """Median milliseconds of each loaded format at every (batch, seq) of the grid.
 
-    Warm up once, then repeat until ``budget_s`` is spent (at least 3, at most ``max_reps`` runs). Runs through
-    ``Engine.forward``, so no hook counts the timing runs as work.
+    Each point: warm up once, then repeat until ``budget_s`` is spent (at least 3, at most ``max_reps`` runs).
+    With ``total_s``, points are timed cheapest first, every format at a point together, and timing stops before
+    a point whose expected cost (the last point's, scaled by FLOPs) would pass ``total_s``; the points left keep
+    their ``recorded`` timings, where there are any. Runs through ``Engine.forward``, so no hook counts them.
     """
-    medians: dict[str, dict[str, float]] = {}
+    medians: dict[str, dict[str, float]] = {name: {} for name in engine.backends}
     generator = torch.Generator().manual_seed(0)
-    for name, backend in engine.backends.items():
-        medians[name] = {}
-        for batch in GRID_BATCHES:
-            for seq in seqs:
-                ids = torch.randint(1000, 2000, (batch, seq), generator=generator)
-                padded = engine.pad({"input_ids": ids}, backend.pad_length(seq))
+    points = sorted(((b, s) for b in GRID_BATCHES for s in seqs), key=lambda p: p[0] * engine.cost(p[1]))
+    started, last = time.perf_counter(), None
+    for batch, seq in points:
+        cost = batch * engine.cost(seq)
+        if total_s is not None and last is not None:
+            spent, (last_s, last_cost) = time.perf_counter() - started, last
+            if spent + last_s * cost / last_cost > total_s:
+                break
+        point_started = time.perf_counter()
+        ids = torch.randint(1000, 2000, (batch, seq), generator=generator)
+        for name, backend in engine.backends.items():
+            padded = engine.pad({"input_ids": ids}, backend.pad_length(seq))
+            engine.forward(backend, padded)
+            times: list[float] = []
+            while len(times) < 3 or (sum(times) < budget_s and len(times) < max_reps):
+                start = time.perf_counter()
                 engine.forward(backend, padded)
-                times: list[float] = []
-                while len(times) < 3 or (sum(times) < budget_s and len(times) < max_reps):
-                    start = time.perf_counter()
-                    engine.forward(backend, padded)
-                    times.append(time.perf_counter() - start)
-                medians[name][f"{batch}x{seq}"] = round(statistics.median(times) * 1e3, 4)
+                times.append(time.perf_counter() - start)
+            medians[name][f"{batch}x{seq}"] = round(statistics.median(times) * 1e3, 4)
+        last = (time.perf_counter() - point_started, cost)
+    if recorded is not None:  # points not timed here keep what the export measured
+        for name, timed in medians.items():
+            for key, ms in recorded.median_ms.get(name, {}).items():
+                timed.setdefault(key, ms)
     return Timings(list(GRID_BATCHES), list(seqs), torch.get_num_threads(), medians)

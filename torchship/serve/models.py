@@ -85,6 +85,7 @@ class Served:
             workers=options.workers,
             threads=options.threads,
             calibrate=options.calibrate,
+            calibrate_budget_s=options.calibrate_budget_s,
             micro_batch_size=options.max_batch_size,  # the server's limits are the engine's
             max_batch_tokens=options.max_batch_tokens,
         )

@@ -41,8 +41,15 @@ TRITON_DTYPES = {
     torch.bool: "TYPE_BOOL",
 }
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-PYTHON_TRITON = "Triton 23.10 or later with its Python backend, and `pip install torchship` in Triton's Python"
-LIBTORCH_TRITON = "Triton with its PyTorch backend (any NGC `tritonserver:YY.MM-py3` image of 22.x or later)"
+PYTHON_TRITON = (
+    "Triton 24.10 (2.51, the release it is tested with) or later with its Python backend, and torchship "
+    "installed in the Python that backend runs (`pip install /path/to/torchship 'numpy<2'`: the 2.51 stub needs "
+    "numpy 1)"
+)
+LIBTORCH_TRITON = (
+    "Triton with its PyTorch backend, which binds inputs by forward()'s argument names (any recent NGC "
+    "`tritonserver:YY.MM-py3` image)"
+)
 AOTI_TRITON = 'Triton 26.05 or later with its PyTorch backend (`platform: "torch_aoti"`, which is in beta)'
 
 

@@ -170,7 +170,8 @@ class Engine:
                         own = artifact.format_files(self.manifest)
                         others = (own[n] for n in self.available if n != name)
                         artifact.verify(self.root, self.manifest, skip=set().union(*others))
-                    self.backends[name] = formats.get(name).load(self.root, self.manifest, self.target)
+                    loaded = formats.get(name).load(self.root, self.manifest, self.target)
+                    self.backends = {**self.backends, name: loaded}  # a new dict: no reader sees one change size
         return self.backends[name]
 
     def select(self, batch: int, seq: int, format: str | None = None) -> Backend:

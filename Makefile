@@ -25,6 +25,7 @@ $(VENV)/.test-installed: pyproject.toml | $(PY) $(TRITON_VENV)/.installed
 # The Triton tests' server side (tests/triton_server.py): the tritonserver binary and Python backend from the
 # nvidia-pytriton wheel (its Python package is not used, so no dependencies), and the environment Triton's Python
 # backend runs torchship in. That stub (Triton 2.51) reads tensors wrongly under numpy 2, hence numpy<2 here.
+# The packages are the runtime's share of pyproject's dependencies (no transformers: the runtime never imports it).
 $(TRITON_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0 'numpy<2' \

@@ -284,7 +284,9 @@ def _infer(client: Any, module: Any, model: str, inputs: dict[str, list[str]], p
 
 
 @needs_server
-def test_server_is_ready_after_warmup(server: triton_server.Server, artifacts: dict[str, Path]) -> None:
+def test_server_and_every_model_are_ready(server: triton_server.Server, artifacts: dict[str, Path]) -> None:
+    """Ready means loaded, and Triton runs model_warmup during the load (a bad warm-up sample fails the load:
+    seen while building this); the warm-up samples themselves are checked in the config test above."""
     client = httpclient.InferenceServerClient(server.http)
     assert client.is_server_live()
     assert client.is_server_ready()

@@ -135,9 +135,7 @@ class Engine:
         self.timings = manifest.timings
         self._lock = threading.Lock()
         names = [options.format] if options.format else self.routed(options.calibrate)
-        if options.verify:  # the files every format shares, and those of the formats loaded now
-            own = artifact.format_files(manifest)
-            artifact.verify(root, manifest, skip=set().union(*(own[n] for n in available if n not in names)))
+        self._check(names)
         self.backends: dict[str, Backend] = {n: formats.get(n).load(root, manifest, self.target) for n in names}
         static = [b.lengths for b in self.backends.values() if b.lengths]
         self.buckets: list[int] = static[0] if static else list(manifest.buckets or [self.max_length])
@@ -166,13 +164,17 @@ class Engine:
                 raise InputError(f"format {name!r} is not in this artifact; it holds: {', '.join(self.available)}")
             with self._lock:
                 if name not in self.backends:
-                    if self.options.verify:
-                        own = artifact.format_files(self.manifest)
-                        others = (own[n] for n in self.available if n != name)
-                        artifact.verify(self.root, self.manifest, skip=set().union(*others))
+                    self._check([name])
                     loaded = formats.get(name).load(self.root, self.manifest, self.target)
                     self.backends = {**self.backends, name: loaded}  # a new dict: no reader sees one change size
         return self.backends[name]
+
+    def _check(self, names: list[str]) -> None:
+        """sha256-check the files of formats ``names`` and those every format shares (LoadOptions.verify)."""
+        if self.options.verify:
+            own = artifact.format_files(self.manifest)
+            others = (own[n] for n in self.available if n not in names)
+            artifact.verify(self.root, self.manifest, skip=set().union(*others))
 
     def select(self, batch: int, seq: int, format: str | None = None) -> Backend:
         """The backend for a (batch, seq) micro-batch: the forced one, the only one, or the fastest timed."""

@@ -178,8 +178,22 @@ def _dims(manifest: artifact.Manifest, output: str, shape: list[int], seq: int |
 # ---- the three models ------------------------------------------------------------------------------------------
 
 
-def _instance_group(kind: str, count: int) -> tuple[str, Any]:
-    return ("instance_group", [Msg([("count", count), ("kind", Enum("KIND_GPU" if kind == "gpu" else "KIND_CPU"))])])
+def _model(
+    name: str,
+    runtime: tuple[str, str],
+    batch: int,
+    inputs: list[Msg],
+    outputs: list[Msg],
+    opts: TritonOptions,
+    kind: str,
+) -> Msg:
+    """What every model's config starts with: its name, backend or platform, I/O, batching and instances."""
+    message = Msg([("name", name), runtime, ("max_batch_size", batch), ("input", inputs), ("output", outputs)])
+    if batch > 0:
+        message.append(("dynamic_batching", Msg([("max_queue_delay_microseconds", opts.max_queue_delay_us)])))
+    group = Msg([("count", opts.instances), ("kind", Enum("KIND_GPU" if kind == "gpu" else "KIND_CPU"))])
+    message.append(("instance_group", [group]))
+    return message
 
 
 def text_config(name: str, manifest: artifact.Manifest, opts: TritonOptions, kind: str, dim: int | None) -> str:
@@ -202,19 +216,8 @@ def text_config(name: str, manifest: artifact.Manifest, opts: TritonOptions, kin
     params = {"artifact": "artifact", "truncate": "true" if opts.truncate else "false"}
     if opts.threads is not None:
         params["threads"] = str(opts.threads)
-    message = Msg(
-        [
-            ("name", name),
-            ("backend", "python"),
-            ("max_batch_size", opts.max_batch_size),
-            ("input", inputs),
-            ("output", outputs),
-            ("dynamic_batching", Msg([("max_queue_delay_microseconds", opts.max_queue_delay_us)])),
-            _instance_group(kind, opts.instances),
-            *_parameters(params),
-            ("model_warmup", warmup),
-        ]
-    )
+    message = _model(name, ("backend", "python"), opts.max_batch_size, inputs, outputs, opts, kind)
+    message += [*_parameters(params), ("model_warmup", warmup)]
     header = (
         f"# {name}: text in, {manifest.task} out, on torchship's runtime (Triton's Python backend).\n"
         f"# Needs {PYTHON_TRITON}.\n"
@@ -229,22 +232,11 @@ def torchscript_config(name: str, manifest: artifact.Manifest, opts: TritonOptio
         _tensor(f"{o}__{i}", _dtype(dtype), _dims(manifest, o, shape, seq, batched=True))
         for i, (o, shape, dtype) in enumerate(zip(manifest.outputs, p.shapes, p.dtypes, strict=True))
     ]
-    message = Msg(
-        [
-            ("name", name),
-            ("platform", "pytorch_libtorch"),
-            ("max_batch_size", opts.max_batch_size),
-            ("input", inputs),
-            ("output", outputs),
-            ("dynamic_batching", Msg([("max_queue_delay_microseconds", opts.max_queue_delay_us)])),
-            _instance_group(kind, opts.instances),
-            # torchship loads model.pt without TorchScript's profiling executor on CPU: half the memory, equal speed
-            # (README, "Memory of a long job"); Triton's switch for the same is DISABLE_OPTIMIZED_EXECUTION.
-            *_parameters(
-                {"DISABLE_OPTIMIZED_EXECUTION": "true" if kind == "cpu" else "false", "INFERENCE_MODE": "true"}
-            ),
-        ]
-    )
+    message = _model(name, ("platform", "pytorch_libtorch"), opts.max_batch_size, inputs, outputs, opts, kind)
+    # torchship loads model.pt without TorchScript's profiling executor on CPU: half the memory, equal speed
+    # (README, "Memory of a long job"); Triton's switch for the same is DISABLE_OPTIMIZED_EXECUTION.
+    optimized = "true" if kind == "cpu" else "false"
+    message += _parameters({"DISABLE_OPTIMIZED_EXECUTION": optimized, "INFERENCE_MODE": "true"})
     header = (
         f"# {name}: token ids in (int64, padded to {seq} tokens, the artifact's longest bucket), raw outputs out.\n"
         f"# model.pt is the artifact's TorchScript file; its forward() takes {', '.join(manifest.inputs)}.\n"
@@ -259,16 +251,8 @@ def aoti_config(name: str, manifest: artifact.Manifest, opts: TritonOptions, kin
         _tensor(f"OUTPUT__{i}", _dtype(dtype), _dims(manifest, o, shape, None, batched=False))
         for i, (o, shape, dtype) in enumerate(zip(manifest.outputs, p.shapes, p.dtypes, strict=True))
     ]
-    message = Msg(
-        [
-            ("name", name),
-            ("platform", "torch_aoti"),
-            ("max_batch_size", 0),  # Triton's torch_aoti does not batch yet; the package takes any batch itself
-            ("input", inputs),
-            ("output", outputs),
-            _instance_group(kind, opts.instances),
-        ]
-    )
+    # Triton's torch_aoti does not batch yet (max_batch_size 0); the package takes any batch itself
+    message = _model(name, ("platform", "torch_aoti"), 0, inputs, outputs, opts, kind)
     names = ", ".join(f"INPUT__{i} = {n}" for i, n in enumerate(manifest.inputs))
     outs = ", ".join(f"OUTPUT__{i} = {n}" for i, n in enumerate(manifest.outputs))
     header = (

@@ -5,7 +5,7 @@ TRITON_VENV ?= .venv-triton
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test cpp bench-report clean
+.PHONY: demo test cpp bench-report peers-venv clean
 
 CMAKE_CONFIGURE = cmake -S cpp -B build/cpp -DCMAKE_BUILD_TYPE=Release \
 	-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
@@ -60,6 +60,17 @@ cpp: $(VENV)/.demo-installed
 			exit 1; }; }
 	cmake --build build/cpp -j2
 	@echo "built build/cpp/torchship-run"
+
+# benchmarks/peers.py's environment: torchship beside the runtimes people pick instead (all from PyPI; fastembed's
+# model comes from the ONNX export the benchmark writes, not from a hub). Kept apart from .venv: nncf and
+# openvino pin their own numpy and protobuf ranges.
+PEERS_VENV ?= .venv-peers
+peers-venv: $(PEERS_VENV)/.installed
+$(PEERS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0 -e '.[demo,onnx,bench]' \
+		'sentence-transformers>=5' 'openvino>=2025.1' 'nncf>=2.16' 'ctranslate2>=4.5' 'fastembed>=0.6'
+	touch $@
 
 # Regenerates docs/bench (report.json, report.md, plots) that the README shows.
 bench-report: $(VENV)/.test-installed

@@ -11,6 +11,7 @@ import torch
 import torchship
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "texts.jsonl"
+TS = ("torchscript",)  # what tests that are not about formats export: the default adds ONNX, seconds per export
 
 
 def corpus_texts() -> list[str]:
@@ -66,6 +67,15 @@ def tiny_mlm_dir(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Pa
 
 
 @pytest.fixture(scope="session")
+def aoti_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compiled-package cache for the whole run, shared by the xdist workers (their base temp directories
+    are siblings): modules that compile the same model take turns on its key, and the second one reuses it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if base.name.startswith("popen-gw") else base
+    return shared / "aoti-cache"
+
+
+@pytest.fixture(scope="session")
 def demo_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("art") / "minilm"
     return torchship.export("demo", out)
@@ -74,13 +84,13 @@ def demo_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("art") / "tiny-bert"
-    return torchship.export(tiny_bert_dir, out, torchship.ExportOptions(seq_lengths=(8, 16, 32)))
+    return torchship.export(tiny_bert_dir, out, torchship.ExportOptions(formats=TS, seq_lengths=(8, 16, 32)))
 
 
 @pytest.fixture(scope="session")
 def tiny_mlm_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_mlm_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("art") / "tiny-mlm"
-    return torchship.export(tiny_mlm_dir, out, torchship.ExportOptions(seq_lengths=(16, 32)))
+    return torchship.export(tiny_mlm_dir, out, torchship.ExportOptions(formats=TS, seq_lengths=(16, 32)))
 
 
 def free_port() -> int:

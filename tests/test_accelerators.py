@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import torchship
+from tests.conftest import TS
 from torchship.cli import main
 
 TEXTS = ["Jim Henson was a puppeteer", "Who was Jim Henson?", "the muppets were filmed in london"]
@@ -59,7 +60,7 @@ def test_bfloat16_runs_on_cpu_within_its_tolerance(bf16_tiny: Path, tiny_bert_di
 
 
 def test_bfloat16_minilm_embeddings_stay_close_to_float32(demo_artifact: Path, tmp_path: Path) -> None:
-    options = torchship.ExportOptions(seq_lengths=(16, 32), dtype="bfloat16")
+    options = torchship.ExportOptions(formats=TS, seq_lengths=(16, 32), dtype="bfloat16")
     bf16 = torchship.load(torchship.export("demo", tmp_path / "bf16", options))(TEXTS)
     fp32 = torchship.load(demo_artifact)(TEXTS)
     assert bf16.dtype == np.float32
@@ -85,7 +86,7 @@ def test_cuda_without_a_gpu_fails_before_writing(tiny_bert_dir: Path, tmp_path: 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_cuda_export_and_run(tiny_bert_dir: Path, tmp_path: Path, dtype: str) -> None:
-    options = torchship.ExportOptions(seq_lengths=(8, 32), device="cuda", dtype=dtype)
+    options = torchship.ExportOptions(formats=TS, seq_lengths=(8, 32), device="cuda", dtype=dtype)
     art = torchship.export(tiny_bert_dir, tmp_path / dtype, options)
     m = _manifest(art)
     assert m["device"] == "cuda"
@@ -113,7 +114,7 @@ def test_neuron_without_the_sdk_fails_before_writing(tiny_bert_dir: Path, tmp_pa
 
 
 def test_float16_on_cpu_warns_and_still_holds_its_measured_tolerance(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    options = torchship.ExportOptions(seq_lengths=(8,), dtype="float16")
+    options = torchship.ExportOptions(formats=TS, seq_lengths=(8,), dtype="float16")
     with pytest.warns(UserWarning, match="float16 on cpu.*use bfloat16"):
         art = torchship.export(tiny_bert_dir, tmp_path / "fp16", options)
     m = _manifest(art)

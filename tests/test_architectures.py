@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import torchship
+from tests.conftest import TS
 from tests.families import FAMILIES, NER_LABELS, TASK_SUFFIX
 from torchship import registry, tasks
 from torchship.tasks import names as task_names
@@ -290,7 +291,7 @@ def test_export_at_the_familys_true_length_limit(family: str, demo_dir: Path, tm
     assert limit is not None
     # RoBERTa and XLM-R count from pad_token_id + 1 (0 + 1 here); MPNet from a fixed padding index 1 + 1
     assert limit == {"roberta": 513, "xlm-roberta": 513, "mpnet": 512}.get(family, config.max_position_embeddings)
-    options = torchship.ExportOptions(seq_lengths=(8,), max_length=limit, batch_size=1)
+    options = torchship.ExportOptions(formats=TS, seq_lengths=(8,), max_length=limit, batch_size=1)
     predictor = torchship.load(torchship.export(src, tmp_path / "art", options))
     assert predictor.max_length == limit
     assert predictor.buckets == [8, limit]  # --max-length above the largest bucket is a bucket of its own

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import torchship
-from tests.conftest import CORPUS, corpus_texts
+from tests.conftest import CORPUS, TS, corpus_texts
 from torchship import buckets
 from torchship.cli import main
 from torchship.plan import model_info, read_lengths
@@ -122,7 +122,7 @@ def test_plan_cli_prints_table_and_json(demo_artifact: Path, tmp_path: Path, cap
 def test_export_with_auto_buckets_records_the_plan(tiny_bert_dir: Path, tmp_path: Path) -> None:
     sample = tmp_path / "texts.jsonl"
     sample.write_text("".join(json.dumps({"text": "word " * n}) + "\n" for n in [3] * 20 + [12] * 10 + [40] * 3))
-    opts = torchship.ExportOptions(buckets="auto", lengths_from=sample, max_buckets=3, max_length=64)
+    opts = torchship.ExportOptions(formats=TS, buckets="auto", lengths_from=sample, max_buckets=3, max_length=64)
     out = torchship.export(tiny_bert_dir, tmp_path / "art", opts)
     manifest = json.loads((out / "manifest.json").read_text())
     assert [e["seq"] for e in manifest["formats"]["torchscript"]] == [5, 14, 42, 64]

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import torchship
+from tests.conftest import TS
 from torchship import artifact
 from torchship.formats import torchscript
+from torchship.options import DEFAULT_FORMATS, DEFAULT_SEQ_LENGTHS
 
 
 def _manifest(path: Path) -> dict:
@@ -37,8 +39,9 @@ def test_manifest_records_what_the_issue_asks(demo_artifact: Path) -> None:
         "source": "sentence-transformers",
     }
     assert list(m["source"]["weights_sha256"]) == ["model.safetensors"]
+    assert list(m["formats"]) == list(DEFAULT_FORMATS)  # the seed's model.pt, and ONNX
     entries = m["formats"]["torchscript"]
-    assert [e["seq"] for e in entries] == [16, 32, 64, 128, 256]
+    assert [e["seq"] for e in entries] == list(DEFAULT_SEQ_LENGTHS)
     for e in entries:
         assert e["batch"] is None
         assert e["parity"]["passed"] is True
@@ -47,7 +50,9 @@ def test_manifest_records_what_the_issue_asks(demo_artifact: Path) -> None:
         batch, seq = e["parity"]["validated_shape"]
         assert batch != e["traced_batch"]
         assert seq < e["seq"], "validation must run at a length that was not traced"
-    assert set(m["files"]) == {"config.json", "model.pt", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"}
+    assert set(m["files"]) == {
+        "config.json", "model.pt", "model.onnx", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"
+    }  # fmt: skip
     for rel, digest in m["files"].items():
         assert artifact.sha256_file(demo_artifact / rel) == digest
 
@@ -55,7 +60,7 @@ def test_manifest_records_what_the_issue_asks(demo_artifact: Path) -> None:
 def test_export_warnings_are_recorded_not_printed(tiny_bert_dir: Path, tmp_path: Path, capfd) -> None:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        out = torchship.export(tiny_bert_dir, tmp_path / "a", torchship.ExportOptions(seq_lengths=(8,)))
+        out = torchship.export(tiny_bert_dir, tmp_path / "a", torchship.ExportOptions(formats=TS, seq_lengths=(8,)))
     assert not [w for w in seen if issubclass(w.category, torch.jit.TracerWarning | DeprecationWarning)]
     captured = capfd.readouterr()
     assert "TracerWarning" not in captured.err
@@ -148,7 +153,7 @@ def test_interrupted_export_leaves_nothing_loadable(tiny_bert_dir: Path, tmp_pat
 
 def test_overwrite_replaces_and_refuses_without_flag(tiny_bert_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "a"
-    torchship.export(tiny_bert_dir, out, torchship.ExportOptions(seq_lengths=(8,)))
+    torchship.export(tiny_bert_dir, out, torchship.ExportOptions(formats=TS, seq_lengths=(8,)))
     with pytest.raises(torchship.ArtifactError, match="--overwrite"):
         torchship.export(tiny_bert_dir, out, torchship.ExportOptions(seq_lengths=(8,)))
     torchship.export(tiny_bert_dir, out, torchship.ExportOptions(seq_lengths=(8, 16), overwrite=True))
@@ -157,7 +162,9 @@ def test_overwrite_replaces_and_refuses_without_flag(tiny_bert_dir: Path, tmp_pa
 
 
 def test_buckets_are_capped_by_max_length(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    out = torchship.export(tiny_bert_dir, tmp_path / "a", torchship.ExportOptions(seq_lengths=(8, 64), max_length=24))
+    out = torchship.export(
+        tiny_bert_dir, tmp_path / "a", torchship.ExportOptions(formats=TS, seq_lengths=(8, 64), max_length=24)
+    )
     assert [e["seq"] for e in _manifest(out)["formats"]["torchscript"]] == [8, 24]
 
 
@@ -165,7 +172,7 @@ def test_token_type_ids_only_where_the_model_uses_them(demo_dir: Path, tmp_path:
     from tests.conftest import save_tiny
 
     src = save_tiny(tmp_path / "one-segment", "BertModel", demo_dir, type_vocab_size=1)
-    out = torchship.export(src, tmp_path / "a", torchship.ExportOptions(seq_lengths=(8,)))
+    out = torchship.export(src, tmp_path / "a", torchship.ExportOptions(formats=TS, seq_lengths=(8,)))
     assert _manifest(out)["inputs"] == ["input_ids", "attention_mask"]
 
 

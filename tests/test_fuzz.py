@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torchship
-from tests.conftest import save_tiny
+from tests.conftest import TS, save_tiny
 
 HEADS = {
     "feature-extraction": "BertModel",
@@ -27,7 +27,7 @@ def predictors(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> dict
     out = {}
     for task, head in HEADS.items():
         checkpoint = save_tiny(root / task, head, demo_dir)
-        options = torchship.ExportOptions(task=task, seq_lengths=(8, 32), progress=False)
+        options = torchship.ExportOptions(formats=TS, task=task, seq_lengths=(8, 32), progress=False)
         out[task] = torchship.load(torchship.export(checkpoint, root / f"{task}-artifact", options))
     return out
 

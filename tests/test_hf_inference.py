@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import torchship
-from tests.conftest import save_tiny
+from tests.conftest import TS, save_tiny
 from tests.test_serve import serve_in_thread
 
 HEADS = {
@@ -40,7 +40,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> dict[
     out = {}
     for task, (head, config) in HEADS.items():
         checkpoint = save_tiny(root / task, head, demo_dir, **config)
-        options = torchship.ExportOptions(task=task, seq_lengths=(16, 64))
+        options = torchship.ExportOptions(formats=TS, task=task, seq_lengths=(16, 64))
         out[task] = torchship.export(checkpoint, root / f"{task}-art", options)
     return out
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import torchship
+from tests.conftest import TS
 from torchship import formats, tasks
 from torchship.engine import Executed, route, split
 from torchship.errors import QueueFullError
@@ -51,7 +52,7 @@ def toy_task() -> Iterator[type[Task]]:
 
 def test_a_toy_task_exports_runs_and_validates_its_options(toy_task, tiny_bert_dir: Path, tmp_path: Path) -> None:
     out = torchship.export(
-        tiny_bert_dir, tmp_path / "toy", torchship.ExportOptions(task=toy_task.name, seq_lengths=(8, 16))
+        tiny_bert_dir, tmp_path / "toy", torchship.ExportOptions(formats=TS, task=toy_task.name, seq_lengths=(8, 16))
     )
     predictor = torchship.load(out)
     assert predictor.task == toy_task.name

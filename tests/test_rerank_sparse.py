@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import torchship
-from tests.conftest import save_tiny
+from tests.conftest import TS, save_tiny
 from tests.test_serve import serve_in_thread
 from torchship.errors import InputError, TaskMismatchError
 
@@ -36,7 +36,9 @@ def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) 
 @pytest.fixture(scope="module")
 def cross_encoder(tmp_path_factory: pytest.TempPathFactory, cross_encoder_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("ce-art") / "reranker"
-    return torchship.export(cross_encoder_dir, out, torchship.ExportOptions(seq_lengths=(16, 64), progress=False))
+    return torchship.export(
+        cross_encoder_dir, out, torchship.ExportOptions(formats=TS, seq_lengths=(16, 64), progress=False)
+    )
 
 
 def _splade(root: Path, demo_dir: Path, strategy: str) -> Path:
@@ -196,7 +198,7 @@ def test_splade_sum_pooling(tmp_path: Path, demo_dir: Path) -> None:
     from sentence_transformers import SparseEncoder
 
     checkpoint = _splade(tmp_path, demo_dir, "sum")
-    options = torchship.ExportOptions(task="sparse-embedding", seq_lengths=(16, 64), progress=False)
+    options = torchship.ExportOptions(formats=TS, task="sparse-embedding", seq_lengths=(16, 64), progress=False)
     p = torchship.load(torchship.export(checkpoint, tmp_path / "art", options))
     assert p.manifest.pooling["pooling_strategy"] == "sum"
     with warnings.catch_warnings():

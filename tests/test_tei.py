@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import torchship
+from tests.conftest import TS
 from tests.test_serve import serve_in_thread
 
 PROMPTS = {"query": "query: ", "passage": "passage: "}
@@ -35,7 +36,9 @@ def prompted_dir(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Pa
 @pytest.fixture(scope="module")
 def prompted(tmp_path_factory: pytest.TempPathFactory, prompted_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("prompted-art") / "minilm"
-    return torchship.export(prompted_dir, out, torchship.ExportOptions(seq_lengths=(32, 128), progress=False))
+    return torchship.export(
+        prompted_dir, out, torchship.ExportOptions(formats=TS, seq_lengths=(32, 128), progress=False)
+    )
 
 
 @pytest.fixture(scope="module")

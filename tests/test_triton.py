@@ -20,7 +20,7 @@ import torch
 
 import torchship
 from tests import triton_server
-from tests.conftest import corpus_texts, free_port, save_tiny
+from tests.conftest import TS, corpus_texts, free_port, save_tiny
 from tests.test_hf_inference import HEADS
 from tests.test_rerank_sparse import _splade
 from torchship import artifact
@@ -53,9 +53,11 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, demo_art
         options = torchship.ExportOptions(task=task, seq_lengths=(16, 64), formats=formats, progress=False)
         out[task] = torchship.export(checkpoint, root / f"{task}-art", options)
     mlm = save_tiny(root / "mlm", "BertForMaskedLM", demo_dir)
-    out["fill-mask"] = torchship.export(mlm, root / "mlm-art", torchship.ExportOptions(seq_lengths=(16, 64)))
+    out["fill-mask"] = torchship.export(
+        mlm, root / "mlm-art", torchship.ExportOptions(formats=TS, seq_lengths=(16, 64))
+    )
     splade = _splade(root / "splade", demo_dir, "max")
-    options = torchship.ExportOptions(task="sparse-embedding", seq_lengths=(16, 64), progress=False)
+    options = torchship.ExportOptions(formats=TS, task="sparse-embedding", seq_lengths=(16, 64), progress=False)
     out["sparse-embedding"] = torchship.export(splade, root / "splade-art", options)
     return out
 

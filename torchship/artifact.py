@@ -66,6 +66,7 @@ class Timings:
     threads: int
     median_ms: dict[str, dict[str, float]]
     source: str = "export"
+    estimated: list[str] = field(default_factory=list)  # grid points not timed: scaled by FLOPs from one that was
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OptionsError, TorchshipError
-from .options import DEFAULT_SEQ_LENGTHS, DTYPES, parse_int_list
+from .options import DEFAULT_FORMATS, DEFAULT_SEQ_LENGTHS, DTYPES, parse_int_list
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="checkpoint directory, cached hub id, or 'demo'")
     p.add_argument("output_dir", metavar="OUTPUT_DIR")
     p.add_argument("--task", default="auto", choices=["auto", *tasks.names()])
-    p.add_argument("--format", default="torchscript", help=f"comma list of: {', '.join(formats.names())}; or all")
+    p.add_argument(
+        "--format",
+        default="default",
+        help=f"comma list of: {', '.join(formats.names())}; or all; default: {','.join(DEFAULT_FORMATS)}, those of "
+        "them that --dtype and --device allow",
+    )
     p.add_argument(
         "--seq-lengths", default=",".join(map(str, DEFAULT_SEQ_LENGTHS)), help="traced sequence-length buckets"
     )

@@ -23,7 +23,7 @@ from . import __version__, artifact, device, formats, plan, registry, source, ta
 from .errors import ArtifactError, ExportError, OptionsError, UnsupportedModelError
 from .options import ExportOptions, LoadOptions
 from .runtime import Predictor
-from .timing import time_formats
+from .timing import EXPORT_BUDGET_S, time_formats
 from .tokenize import pad_rows
 from .wrap import ExportWrapper, untie_weights
 
@@ -197,7 +197,8 @@ def _build(
     steps.set_postfix_str("timing formats")
     for name in options.formats:  # every format is timed, whichever the staging engine loaded so far
         staging.engine.backend(name)
-    manifest.timings = time_formats(staging.engine, buckets) if len(options.formats) > 1 else None
+    if len(options.formats) > 1:
+        manifest.timings = time_formats(staging.engine, buckets, total_s=EXPORT_BUDGET_S)
     manifest.export = {
         "options": {k: _jsonable(v) for k, v in asdict(options).items()},
         "seconds": None,
@@ -217,13 +218,16 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key(manifest: artifact.Manifest, config: Any) -> str:
-    """Everything a compiled package depends on: weights, config, task, names, lengths, versions."""
+    """Everything a compiled package depends on: weights, config, task, attention, in-graph pooling, names,
+    lengths, versions."""
     from .formats import MAX_BATCH
 
     keyed = {
         "weights": manifest.source["weights_sha256"],
         "config": config.to_dict(),
         "task": manifest.task,
+        "architecture": manifest.architecture,  # the attention implementation traced
+        "pooling": manifest.pooling,  # SPLADE pools inside the graph
         "inputs": manifest.inputs,
         "outputs": manifest.outputs,
         "max_length": manifest.max_length,

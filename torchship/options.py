@@ -14,7 +14,11 @@ from .errors import OptionsError
 ALL_FORMATS = ("torchscript", "aoti", "onnx")  # what "all" means: every format that runs on a plain CPU
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 TRUNCATION = ("warn", "error")
-DEFAULT_SEQ_LENGTHS = (16, 32, 64, 128, 256)
+# The defaults, chosen by measurement (benchmarks/defaults.py, README "Defaults"): TorchScript (the seed's model.pt,
+# for libtorch and Triton) next to ONNX, which ONNX Runtime runs fastest at short lengths; buckets each at most 1.5x
+# the one before, so no text is padded by more than half its length whatever the corpus.
+DEFAULT_FORMATS = ("torchscript", "onnx")
+DEFAULT_SEQ_LENGTHS = (16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256)
 
 
 def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
@@ -40,7 +44,8 @@ class ExportOptions:
     the smaller of the model's position limit and sentence-transformers' ``max_seq_length``.
     ``buckets="auto"`` replaces ``seq_lengths`` with the FLOP-optimal ``max_buckets`` edges planned from
     the length sample ``lengths_from`` (see ``torchship plan``). ``formats`` is any of torchscript, aoti,
-    onnx, or ``("all",)``; compiled AOTInductor packages are reused from ``cache_dir``
+    onnx, ``("all",)``, or ``("default",)``: TorchScript and ONNX, those of them that ``dtype`` and ``device``
+    allow; compiled AOTInductor packages are reused from ``cache_dir``
     (default ``$TORCHSHIP_CACHE`` or ``~/.cache/torchship``). ``dtype`` float16 or bfloat16 traces the model
     in that dtype on ``device``; int8 is ONNX Runtime's dynamic quantization of the float32 ONNX graph (CPU).
     Either way the drift from float32 is measured and recorded as ``manifest["precision"]``.
@@ -48,7 +53,7 @@ class ExportOptions:
     """
 
     task: str = "auto"
-    formats: tuple[str, ...] = ("torchscript",)
+    formats: tuple[str, ...] = ("default",)
     seq_lengths: tuple[int, ...] = DEFAULT_SEQ_LENGTHS
     batch_size: int = 2
     atol: float | None = None
@@ -69,9 +74,13 @@ class ExportOptions:
                 f"attn_implementation {self.attn_implementation!r} is invalid; choose 'eager' or 'sdpa' (or leave it "
                 "unset for the family's measured default)"
             )
+        from . import formats, tasks  # the registries: what exists, and what each format can be exported for
+
         if self.formats == ("all",):
             object.__setattr__(self, "formats", ALL_FORMATS)
-        from . import formats, tasks  # the registries: what exists, and what each format can be exported for
+        if self.formats == ("default",):  # those of the defaults that this dtype and device allow
+            fitting = tuple(f for f in DEFAULT_FORMATS if formats.get(f).fits(self))
+            object.__setattr__(self, "formats", fitting or DEFAULT_FORMATS[:1])
 
         if self.task != "auto" and self.task not in tasks.names():
             raise OptionsError(f"task {self.task!r} is not supported; choose one of: auto, {', '.join(tasks.names())}")

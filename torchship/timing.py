@@ -12,6 +12,7 @@ from .artifact import Timings
 from .engine import Engine
 
 GRID_BATCHES = (1, 8, 32)
+EXPORT_BUDGET_S = 15.0  # what timing may cost an export; the grid's largest points are estimated past it
 
 
 def time_formats(
@@ -28,7 +29,9 @@ def time_formats(
     Each point: warm up once, then repeat until ``budget_s`` is spent (at least 3, at most ``max_reps`` runs).
     With ``total_s``, points are timed cheapest first, every format at a point together, and timing stops before
     a point whose expected cost (the last point's, scaled by FLOPs) would pass ``total_s``; the points left keep
-    their ``recorded`` timings, where there are any. Runs through ``Engine.forward``, so no hook counts them.
+    their ``recorded`` timings, where there are any, or else are estimated: the format's most expensive timed
+    point scaled by FLOPs (listed in ``Timings.estimated``). The points left out are the largest, where every
+    format's FLOP rate has settled. Runs through ``Engine.forward``, so no hook counts them.
     """
     medians: dict[str, dict[str, float]] = {name: {} for name in engine.backends}
     generator = torch.Generator().manual_seed(0)
@@ -52,8 +55,23 @@ def time_formats(
                 times.append(time.perf_counter() - start)
             medians[name][f"{batch}x{seq}"] = round(statistics.median(times) * 1e3, 4)
         last = (time.perf_counter() - point_started, cost)
-    if recorded is not None:  # points not timed here keep what the export measured
+    estimated = set()
+    if recorded is not None:  # points not timed here keep what the export measured (or estimated)
         for name, timed in medians.items():
             for key, ms in recorded.median_ms.get(name, {}).items():
-                timed.setdefault(key, ms)
-    return Timings(list(GRID_BATCHES), list(seqs), torch.get_num_threads(), medians)
+                if key not in timed:
+                    timed[key] = ms
+                    estimated.update({key} & set(recorded.estimated))
+    for timed in medians.values():
+        anchor = max(timed, key=lambda k: _cost(engine, k), default=None)
+        for batch, seq in points:
+            key = f"{batch}x{seq}"
+            if key not in timed and anchor is not None:
+                timed[key] = round(timed[anchor] * _cost(engine, key) / _cost(engine, anchor), 4)
+                estimated.add(key)
+    return Timings(list(GRID_BATCHES), list(seqs), torch.get_num_threads(), medians, estimated=sorted(estimated))
+
+
+def _cost(engine: Engine, key: str) -> int:
+    batch, seq = map(int, key.split("x"))
+    return batch * engine.cost(seq)

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,43 @@ def aoti_config(name: str, manifest: artifact.Manifest, opts: TritonOptions, kin
     return header + pbtxt(message)
 
 
+@dataclass(frozen=True)
+class Native:
+    """A Triton platform that runs an artifact's file itself: its config writer, the file name it loads, the
+    length its outputs are probed at (given the longest bucket), and what its README says."""
+
+    config: Callable[[str, artifact.Manifest, TritonOptions, str, Probe], str]
+    file: str
+    probe_seq: Callable[[int], int]
+    readme: Callable[[int], str]
+
+
+# keyed by ``Format.triton_platform``
+NATIVE = {
+    "pytorch_libtorch": Native(
+        torchscript_config,
+        "model.pt",
+        lambda longest: longest,
+        lambda longest: (
+            f"Token ids in (int64, padded to {longest}), raw outputs out: the artifact's TorchScript `model.pt` for "
+            f"the native `pytorch_libtorch` backend. Needs {LIBTORCH_TRITON}. torchship did not run it in Triton (the "
+            "backend is not on PyPI); its config was checked against Triton's ModelConfig schema and against "
+            "`torch.jit.load`."
+        ),
+    ),
+    "torch_aoti": Native(
+        aoti_config,
+        "model.pt2",
+        lambda longest: min(8, longest),
+        lambda longest: (
+            "Token ids in (int64, any [batch, seq]), raw outputs out: the artifact's AOTInductor `model.pt2`. "
+            f"Needs {AOTI_TRITON}. torchship did not run it in Triton (the backend is not on PyPI); its config was "
+            "checked against Triton's ModelConfig schema."
+        ),
+    ),
+}
+
+
 # ---- warm-up inputs --------------------------------------------------------------------------------------------
 
 
@@ -314,12 +352,9 @@ def write_repository(artifact_dir: str | Path, repo: str | Path, options: Triton
         raise OptionsError(f"the artifact's directory name {name!r} is not a valid Triton model name; pass --name")
     kind = opts.kind or ("gpu" if manifest.device.startswith("cuda") else "cpu")
     repo = Path(repo)
-    has = set(manifest.formats)
-    names = {"text": name}
-    if "torchscript" in has:
-        names["torchscript"] = f"{name}_torchscript"
-    if "aoti" in has:
-        names["aoti"] = f"{name}_aoti"
+    native = {f: NATIVE[formats.get(f).triton_platform or ""] for f in manifest.formats
+              if formats.get(f).triton_platform in NATIVE}  # fmt: skip
+    names = {"text": name} | {f: f"{name}_{f}" for f in native}
     existing = [n for n in names.values() if (repo / n).exists()]
     if existing and not opts.overwrite:
         raise ArtifactError(
@@ -358,29 +393,11 @@ def write_repository(artifact_dir: str | Path, repo: str | Path, options: Triton
         )
     written.append(repo / names["text"])
 
-    if "torchscript" in names:
-        p = probe(root, manifest, "torchscript", longest)
-        with artifact.atomic_dir(repo / names["torchscript"], overwrite=opts.overwrite) as tmp:
-            (tmp / "config.pbtxt").write_text(torchscript_config(names["torchscript"], manifest, opts, kind, p))
-            _link_or_copy(root / formats.get("torchscript").file, tmp / "1" / "model.pt")
-            (tmp / "README.md").write_text(
-                f"# {names['torchscript']}\n\nToken ids in (int64, padded to {longest}), raw outputs out: the "
-                "artifact's TorchScript `model.pt` for the native `pytorch_libtorch` backend. "
-                f"Needs {LIBTORCH_TRITON}. "
-                "torchship did not run it in Triton (the backend is not on PyPI); its config was checked against "
-                "Triton's ModelConfig schema and against `torch.jit.load`.\n"
-            )
-        written.append(repo / names["torchscript"])
-
-    if "aoti" in names:
-        p = probe(root, manifest, "aoti", min(8, longest))
-        with artifact.atomic_dir(repo / names["aoti"], overwrite=opts.overwrite) as tmp:
-            (tmp / "config.pbtxt").write_text(aoti_config(names["aoti"], manifest, opts, kind, p))
-            _link_or_copy(root / formats.get("aoti").file, tmp / "1" / "model.pt2")
-            (tmp / "README.md").write_text(
-                f"# {names['aoti']}\n\nToken ids in (int64, any [batch, seq]), raw outputs out: the artifact's "
-                f"AOTInductor `model.pt2`. Needs {AOTI_TRITON}. torchship did not run it in Triton (the backend is "
-                "not on PyPI); its config was checked against Triton's ModelConfig schema.\n"
-            )
-        written.append(repo / names["aoti"])
+    for f, model in native.items():
+        p = probe(root, manifest, f, model.probe_seq(longest))
+        with artifact.atomic_dir(repo / names[f], overwrite=opts.overwrite) as tmp:
+            (tmp / "config.pbtxt").write_text(model.config(names[f], manifest, opts, kind, p))
+            _link_or_copy(root / formats.get(f).file, tmp / "1" / model.file)
+            (tmp / "README.md").write_text(f"# {names[f]}\n\n{model.readme(longest)}\n")
+        written.append(repo / names[f])
     return written

@@ -123,10 +123,15 @@ class Format:
     static: ClassVar[bool]  # one traced graph per bucket, vs one dynamic graph
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float16", "bfloat16")
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    triton_platform: ClassVar[str | None] = None  # the Triton platform that serves this format's file natively
+
+    def fits(self, options: ExportOptions) -> bool:
+        """Whether this format can be exported in ``options``' dtype on its device."""
+        return options.dtype in self.dtypes and options.device.split(":")[0] in self.devices
 
     def check(self, options: ExportOptions) -> None:
         """An OptionsError when this format cannot be exported with ``options`` (dtype, device)."""
-        if options.dtype in self.dtypes and options.device.split(":")[0] in self.devices:
+        if self.fits(options):
             return
         if options.dtype == "int8":
             raise OptionsError(

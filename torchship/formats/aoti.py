@@ -7,6 +7,8 @@ Loads from Python with ``torch._inductor.aoti_load_package`` and from C++ with `
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -26,14 +28,26 @@ FILE = "model.pt2"
 class AOTInductor(Format):
     name = "aoti"
     file = FILE
+    triton_platform = "torch_aoti"
     static = False
 
     def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
-        """Export and compile; reuse ``job.cache`` (a compiled package) when it exists."""
+        """Export and compile; reuse ``job.cache`` (a compiled package) when it exists. Exports of the same key
+        take turns (a file lock), so a second one started meanwhile waits and reuses the first one's package."""
         path, cache = job.out / FILE, job.cache.with_suffix(".pt2")
-        if cache.is_file():
-            shutil.copyfile(cache, path)
-            return []
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(cache.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if cache.is_file():
+                shutil.copyfile(cache, path)
+                return []
+            seen = self._compile(job, path)
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)
+            tmp.replace(cache)
+        return seen
+
+    def _compile(self, job: ExportJob, path: Path) -> list[warnings.WarningMessage]:
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         seq = torch.export.Dim("seq", min=2, max=job.max_length)
         dynamic = {name: {0: batch, 1: seq} for name in job.input_names}
@@ -46,10 +60,6 @@ class AOTInductor(Format):
                 torch._inductor.aoti_compile_and_package(
                     program, package_path=str(path), inductor_configs={"freezing": True}
                 )
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        shutil.copyfile(path, tmp)
-        tmp.replace(cache)
         return list(seen)
 
     def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:

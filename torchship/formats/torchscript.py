@@ -38,6 +38,7 @@ def load_module(path: Path, device: torch.device | str = "cpu") -> torch.jit.Scr
 class TorchScript(Format):
     name = "torchscript"
     file = FILE
+    triton_platform = "pytorch_libtorch"
     static = True
 
     def export(self, job: ExportJob) -> list[warnings.WarningMessage]:

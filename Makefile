@@ -25,11 +25,12 @@ $(VENV)/.test-installed: pyproject.toml | $(PY) $(TRITON_VENV)/.installed
 # The Triton tests' server side (tests/triton_server.py): the tritonserver binary and Python backend from the
 # nvidia-pytriton wheel (its Python package is not used, so no dependencies), and the environment Triton's Python
 # backend runs torchship in. That stub (Triton 2.51) reads tensors wrongly under numpy 2, hence numpy<2 here.
-# The packages are the runtime's share of pyproject's dependencies (no transformers: the runtime never imports it).
+# The packages are the runtime's share of pyproject's dependencies (no transformers: the runtime never imports it;
+# onnxruntime runs the default artifacts' ONNX graph).
 $(TRITON_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0 'numpy<2' \
-		'tokenizers>=0.20' 'safetensors>=0.4' 'huggingface-hub>=0.30' 'tqdm>=4.66'
+		'tokenizers>=0.20' 'safetensors>=0.4' 'huggingface-hub>=0.30' 'tqdm>=4.66' 'onnxruntime>=1.20'
 	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps -e . 'nvidia-pytriton==0.7.0'
 	touch $@
 

@@ -29,7 +29,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "ts-pow2": {"formats": ("torchscript",)},  # the default until now
     "ts-geo": {"formats": ("torchscript",), "seq_lengths": GEOMETRIC},
     "ts+onnx-pow2": {"formats": ("torchscript", "onnx")},
-    "ts+onnx-geo": {"formats": ("torchscript", "onnx"), "seq_lengths": GEOMETRIC},
+    "ts+onnx-geo": {"formats": ("torchscript", "onnx"), "seq_lengths": GEOMETRIC},  # the default now
+    "ts+onnx-geo-unpad": {"formats": ("torchscript", "onnx"), "seq_lengths": GEOMETRIC, "unpad": True},
 }
 
 
@@ -39,7 +40,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=peers.ROOT / "build" / "defaults")
     parser.add_argument("--output", type=Path, default=peers.ROOT / "benchmarks" / "results" / "defaults.json")
+    parser.add_argument("--only", default=",".join(CANDIDATES), help="comma list of candidates (with --output)")
+    parser.add_argument("--workers", default="1,2", help="run each with 1 worker (2 threads), 2 (1 thread), or both")
     args = parser.parse_args()
+    chosen = {n: CANDIDATES[n] for n in args.only.split(",") if n}
+    suffixes = [{"1": "", "2": "-2w"}[w] for w in args.workers.split(",")]
     import torch
 
     import torchship
@@ -50,18 +55,20 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     exports: dict[str, Any] = {}
-    for name, fields in CANDIDATES.items():
+    for name, fields in chosen.items():
         started = time.perf_counter()
         out = torchship.export("demo", work / f"torchship-{name}", torchship.ExportOptions(**fields))
         seconds = time.perf_counter() - started
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-        exports[name] = {"options": {k: list(v) for k, v in fields.items()}, "export_s": seconds,
+        exports[name] = {"options": {k: v if isinstance(v, bool) else list(v) for k, v in fields.items()},
+                         "export_s": seconds,
                          "size_mb": size / 2**20}  # fmt: skip
         print(f"exported {name} in {seconds:.1f} s ({size / 2**20:.0f} MB)", flush=True)
-        shutil.copytree(out, work / f"torchship-{name}-2w")
+        if "-2w" in suffixes:
+            shutil.copytree(out, work / f"torchship-{name}-2w")
     limit = peers.flop_limit(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    runs = ["sentence-transformers", *(f"torchship-{n}{w}" for n in CANDIDATES for w in ("", "-2w"))]
+    runs = ["sentence-transformers", *(f"torchship-{n}{w}" for n in chosen for w in suffixes)]
     results: dict[str, Any] = {}
     for name in runs:
         print(f"running {name} ...", flush=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,31 +68,48 @@ def tiny_mlm_dir(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Pa
     return save_tiny(tmp_path_factory.mktemp("tiny-mlm"), "BertForMaskedLM", demo_dir)
 
 
+def _run_dir(factory: pytest.TempPathFactory) -> Path:
+    """This test run's directory, shared by the xdist workers (their base temp directories are its children)."""
+    base = factory.getbasetemp()
+    return base.parent if base.name.startswith("popen-gw") else base
+
+
+def _export_once(factory: pytest.TempPathFactory, name: str, export: Callable[[Path], Path]) -> Path:
+    """An artifact exported once per test run and shared by the workers: the first to ask exports it under a file
+    lock, the other waits and reuses it (exports are atomic). Tests never change one in place (copy_artifact)."""
+    root = _run_dir(factory) / "shared-artifacts"
+    root.mkdir(exist_ok=True)
+    out = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "manifest.json").is_file():
+            export(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def aoti_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One compiled-package cache for the whole run, shared by the xdist workers (their base temp directories
-    are siblings): modules that compile the same model take turns on its key, and the second one reuses it."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if base.name.startswith("popen-gw") else base
-    return shared / "aoti-cache"
+    """One compiled-package cache for the whole run, shared by the workers: modules that compile the same model
+    take turns on its key (the cache's own lock), and the second one reuses it."""
+    return _run_dir(tmp_path_factory) / "aoti-cache"
 
 
 @pytest.fixture(scope="session")
 def demo_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("art") / "minilm"
-    return torchship.export("demo", out)
+    """The bundled model exported with no options: the default artifact (TorchScript + ONNX, 12 buckets)."""
+    return _export_once(tmp_path_factory, "minilm", lambda out: torchship.export("demo", out))
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("art") / "tiny-bert"
-    return torchship.export(tiny_bert_dir, out, torchship.ExportOptions(formats=TS, seq_lengths=(8, 16, 32)))
+    options = torchship.ExportOptions(formats=TS, seq_lengths=(8, 16, 32))
+    return _export_once(tmp_path_factory, "tiny-bert", lambda out: torchship.export(tiny_bert_dir, out, options))
 
 
 @pytest.fixture(scope="session")
 def tiny_mlm_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_mlm_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("art") / "tiny-mlm"
-    return torchship.export(tiny_mlm_dir, out, torchship.ExportOptions(formats=TS, seq_lengths=(16, 32)))
+    options = torchship.ExportOptions(formats=TS, seq_lengths=(16, 32))
+    return _export_once(tmp_path_factory, "tiny-mlm", lambda out: torchship.export(tiny_mlm_dir, out, options))
 
 
 def free_port() -> int:

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         help="attention to trace (default: the family's measured choice)",
     )
     p.add_argument(
+        "--unpad", action="store_true", help="dense layers on real tokens only, inside the graph (BERT-layout encoders)"
+    )
+    p.add_argument(
         "--dtype", default="float32", choices=DTYPES, help="int8: ONNX Runtime dynamic quantization (--format onnx)"
     )
 
@@ -243,6 +246,7 @@ def _export(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         attn_implementation=args.attn_implementation,
+        unpad=args.unpad,
     )
     path = export(args.model, args.output_dir, options)
     _print_info(path)

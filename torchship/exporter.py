@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from . import __version__, artifact, device, formats, plan, registry, source, tasks, validate
+from . import __version__, artifact, device, formats, plan, registry, source, tasks, unpad, validate
 from .errors import ArtifactError, ExportError, OptionsError, UnsupportedModelError
 from .options import ExportOptions, LoadOptions
 from .runtime import Predictor
@@ -105,6 +105,7 @@ def _build(
             "model_type": config.model_type,
             "class": type(loaded.model).__name__,
             "attn_implementation": str(loaded.model.config._attn_implementation),
+            **({"dense_layers": "real tokens only (--unpad)"} if options.unpad else {}),
         },
         inputs=list(input_names),
         outputs=list(output_names),
@@ -125,7 +126,8 @@ def _build(
         default_prompt_name=st["default_prompt_name"] if task.takes_prompts else None,
         **task.export_info(config, st),
     )
-    wrapper = ExportWrapper(model, input_names, output_names).eval()
+    # --unpad: dense layers on real tokens only; parity is still checked against the unchanged eager model
+    wrapper = ExportWrapper(unpad.unpadded(model) if options.unpad else model, input_names, output_names).eval()
     examples = {}
     for seq in buckets:  # batch_size rows, padding inside the batch; row 0 fills the bucket
         lengths = validate.case_lengths(buckets, seq, options.batch_size, seed=1)

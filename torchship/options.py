@@ -50,6 +50,7 @@ class ExportOptions:
     in that dtype on ``device``; int8 is ONNX Runtime's dynamic quantization of the float32 ONNX graph (CPU).
     Either way the drift from float32 is measured and recorded as ``manifest["precision"]``.
     ``atol`` and ``attn_implementation`` default to the architecture's ``ArchSpec`` (its measured choice).
+    ``unpad`` runs the dense layers on real tokens only, inside the graph (BERT-layout encoders; torchship/unpad.py).
     """
 
     task: str = "auto"
@@ -67,6 +68,7 @@ class ExportOptions:
     device: str = "cpu"
     dtype: str = "float32"
     attn_implementation: str | None = None
+    unpad: bool = False
 
     def __post_init__(self) -> None:
         if self.attn_implementation not in (None, "eager", "sdpa"):

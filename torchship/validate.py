@@ -44,9 +44,9 @@ def synthetic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
 def rows_at_lengths(base: Tokenizer, lengths: list[int], seed: int) -> Encoded:
     """Tokenize synthetic pairs cut to exactly ``lengths`` tokens (segment ids include 1s)."""
     encoded = Encoded(ids=[], type_ids=[], offsets=[], truncated=[])
+    tok = Tokenizer.from_str(base.to_str())  # a copy (once: the whole vocabulary goes through JSON)
+    tok.no_padding()
     for i, n in enumerate(lengths):
-        tok = Tokenizer.from_str(base.to_str())
-        tok.no_padding()
         tok.enable_truncation(n)
         enc = tok.encode(*synthetic_pairs(1, seed + i)[0])
         encoded.ids.append(np.asarray(enc.ids, dtype=np.int64))

@@ -1,0 +1,99 @@
+"""--unpad: padding-free dense layers inside the exported graph (torchship/unpad.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import torchship
+from tests.conftest import TS, save_tiny
+from tests.test_architectures import _eager, _save
+from torchship import unpad
+
+TEXTS = ["Jim Henson was a puppeteer in New York.", "hi", "the muppets were filmed in london studios for many years"]
+
+
+@pytest.mark.parametrize(
+    ("family", "task"),
+    [
+        ("bert", "feature-extraction"),
+        ("roberta", "text-classification"),
+        ("electra", "token-classification"),
+        ("xlm-roberta", "fill-mask"),
+    ],
+)
+def test_unpadded_export_matches_the_eager_model_in_torchscript_and_onnx(
+    family: str, task: str, demo_dir: Path, tmp_path: Path
+) -> None:
+    src = _save(tmp_path / "model", family, task, demo_dir)
+    options = torchship.ExportOptions(formats=("torchscript", "onnx"), seq_lengths=(8, 32), unpad=True)
+    art = torchship.export(src, tmp_path / "art", options)
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["architecture"]["dense_layers"] == "real tokens only (--unpad)"
+    assert all(e["parity"]["passed"] for entries in manifest["formats"].values() for e in entries)
+    eager = _eager(src, task)
+    predictor = torchship.load(art)
+    encoded = predictor.encode(TEXTS)
+    padded = predictor.engine.pad_rows(encoded, list(range(len(TEXTS))), 32)
+    with torch.no_grad():
+        want = eager(**{n: padded[n] for n in predictor.input_names})
+    real = padded["attention_mask"].bool()
+    for fmt in ("torchscript", "onnx"):
+        got = predictor.run(padded["input_ids"], padded["attention_mask"], padded.get("token_type_ids"), format=fmt)
+        for name, value in got.items():
+            expected = want[name].numpy()
+            if expected.ndim >= 2 and expected.shape[1] == real.shape[1]:  # per-token: real positions only
+                np.testing.assert_allclose(value[real.numpy()], expected[real.numpy()], atol=1e-4, err_msg=fmt)
+            else:
+                np.testing.assert_allclose(value, expected, atol=1e-4, err_msg=fmt)
+
+
+def test_dense_layers_run_on_real_tokens_only(demo_dir: Path) -> None:
+    """FLOPs counted by torch: the linear layers' equal real tokens x weights; only attention sees the padding."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(demo_dir, attn_implementation="eager").eval()
+    fast = unpad.unpadded(model).eval()
+    ids = torch.randint(1000, 2000, (4, 64))
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate((64, 9, 5, 30)):
+        mask[row, :n] = 1
+    real, (batch, seq) = int(mask.sum()), ids.shape
+    c = model.config
+    h, i, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fast(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    linear = counts.get("aten.addmm", 0) + counts.get("aten.mm", 0)
+    assert linear == 2 * real * (4 * h * h + 2 * h * i) * layers + 2 * batch * h * h  # + the pooler, on [CLS]
+    assert counts["aten.bmm"] == 4 * batch * seq * seq * h * layers  # attention: the padded layout
+
+
+def test_unpadded_aoti_matches_at_untraced_shapes(
+    tiny_bert_dir: Path, tiny_bert_artifact: Path, tmp_path: Path, aoti_cache: Path
+) -> None:
+    options = torchship.ExportOptions(formats=("aoti",), seq_lengths=(8, 32), unpad=True, cache_dir=aoti_cache)
+    art = torchship.export(tiny_bert_dir, tmp_path / "art", options)
+    (entry,) = json.loads((art / "manifest.json").read_text())["formats"]["aoti"]
+    assert entry["parity"]["passed"] is True
+    # the same checkpoint exported padded (TorchScript): the same embeddings
+    np.testing.assert_allclose(torchship.load(art)(TEXTS), torchship.load(tiny_bert_artifact)(TEXTS), atol=1e-5)
+
+
+def test_unpad_refuses_other_layouts(demo_dir: Path, tmp_path: Path) -> None:
+    src = save_tiny(tmp_path / "m", "BertModel", demo_dir)
+    from transformers import DistilBertConfig, DistilBertModel
+
+    DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(
+        tmp_path / "distil"
+    )
+    for f in (src / "tokenizer.json", src / "tokenizer_config.json"):
+        (tmp_path / "distil" / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(torchship.OptionsError, match="BERT-layout encoders .* not distilbert; export without it"):
+        torchship.export(tmp_path / "distil", tmp_path / "out", torchship.ExportOptions(formats=TS, unpad=True))
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,134 @@
+"""Padding-free dense layers inside the exported graph (what CTranslate2's ``Padder`` does).
+
+The real tokens of a padded ``(batch, seq)`` input are gathered into one ``(tokens, hidden)`` matrix before the
+first layer; every dense layer (QKV, attention output, FFN) and LayerNorm runs on real tokens only, and they are
+scattered back to the padded layout only for attention, which needs it. Executed dense FLOPs then equal the
+unpadded ones, and buckets only shape attention. Padded positions of ``last_hidden_state`` come out as zeros
+(they carry no meaning; parity is checked on real positions only).
+
+It applies to the BERT-layout encoders (BERT, RoBERTa, XLM-R, ELECTRA): layers with ``attention.self.{query,
+key,value}``, ``attention.output.{dense,LayerNorm}``, ``intermediate.dense`` and ``output.{dense,LayerNorm}``,
+absolute positions, no cross-attention. The model's own embeddings and pooler are reused unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def base_of(model: Any) -> Any:
+    """The BERT-layout base model inside ``model`` (itself, or its ``base_model``), or None."""
+    base = getattr(model, "base_model", model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    config = getattr(base, "config", None)
+    if layers is None or config is None or len(layers) == 0:
+        return None
+    if getattr(config, "position_embedding_type", "absolute") != "absolute" or getattr(config, "is_decoder", False):
+        return None
+    needed = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+              "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")  # fmt: skip
+    names = {n for n, _ in layers[0].named_modules()}
+    return base if all(n in names for n in needed) else None
+
+
+class UnpaddedEncoder(nn.Module):
+    """Stands in for a BERT-layout base model: same keyword inputs, same ``last_hidden_state`` and
+    ``pooler_output`` on real tokens, dense layers on real tokens only."""
+
+    def __init__(self, base: Any) -> None:
+        super().__init__()
+        config = base.config
+        self.embeddings = base.embeddings
+        self.project = getattr(base, "embeddings_project", None)  # ELECTRA: embedding width -> hidden
+        self.pooler = getattr(base, "pooler", None)
+        self.heads = int(config.num_attention_heads)
+        self.hidden = int(config.hidden_size)
+        self.head_dim = self.hidden // self.heads
+        self.layers = nn.ModuleList(_Layer(layer) for layer in base.encoder.layer)
+        self.config = config
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        **_: Any,
+    ) -> dict[str, torch.Tensor]:
+        emb = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        if self.project is not None:
+            emb = self.project(emb)
+        batch, seq = input_ids.shape
+        idx = attention_mask.reshape(-1).nonzero().squeeze(1)  # the real tokens, row-major
+        x = emb.reshape(batch * seq, self.hidden).index_select(0, idx)
+        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for layer in self.layers:
+            x = layer(x, idx, bias, batch, seq, self.heads, self.head_dim)
+        last = x.new_zeros(batch * seq, self.hidden).index_copy(0, idx, x).view(batch, seq, self.hidden)
+        out = {"last_hidden_state": last}
+        if self.pooler is not None:
+            out["pooler_output"] = self.pooler(last)
+        return out
+
+
+class _Layer(nn.Module):
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        sa = layer.attention.self
+        self.qkv = nn.Linear(sa.query.in_features, 3 * sa.query.out_features)  # one GEMM instead of three
+        with torch.no_grad():
+            self.qkv.weight.copy_(torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]))
+            self.qkv.bias.copy_(torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]))
+        self.qkv.to(sa.query.weight.dtype)
+        self.scale = float(sa.attention_head_size) ** -0.5
+        self.attn_out, self.attn_norm = layer.attention.output.dense, layer.attention.output.LayerNorm
+        self.inter, self.act = layer.intermediate.dense, layer.intermediate.intermediate_act_fn
+        self.out, self.out_norm = layer.output.dense, layer.output.LayerNorm
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor, batch: int, seq: int, heads: int,
+                head_dim: int) -> torch.Tensor:  # fmt: skip
+        hidden = heads * head_dim
+        qkv = x.new_zeros(batch * seq, 3 * hidden).index_copy(0, idx, self.qkv(x))
+        q, k, v = qkv.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, d)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + bias
+        ctx = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(batch * seq, hidden).index_select(0, idx)
+        x = self.attn_norm(self.attn_out(ctx) + x)
+        out: torch.Tensor = self.out_norm(self.out(self.act(self.inter(x))) + x)
+        return out
+
+
+def unpadded(model: Any) -> nn.Module:
+    """A copy of ``model`` whose BERT-layout base runs its dense layers on real tokens only (a task model keeps
+    its head); an OptionsError when the layout is not one of those."""
+    import copy
+
+    from .errors import OptionsError
+
+    if base_of(model) is None:
+        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise OptionsError(
+            f"--unpad (padding-free dense layers) applies to BERT-layout encoders (bert, roberta, xlm-roberta, "
+            f"electra), not {kind}; export without it"
+        )
+    copied: nn.Module = copy.deepcopy(model)
+    base = base_of(copied)
+    if base is copied:
+        return UnpaddedEncoder(copied)
+    setattr(copied, model.base_model_prefix, _Adapter(UnpaddedEncoder(base)))
+    return copied
+
+
+class _Adapter(nn.Module):
+    """What a task head calls as its base model: positional or keyword inputs, a ModelOutput-like answer."""
+
+    def __init__(self, encoder: UnpaddedEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                **_: Any) -> Any:  # fmt: skip
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(**self.encoder(input_ids, attention_mask, token_type_ids))

@@ -77,11 +77,13 @@ class _Layer(nn.Module):
     def __init__(self, layer: Any) -> None:
         super().__init__()
         sa = layer.attention.self
-        self.qkv = nn.Linear(sa.query.in_features, 3 * sa.query.out_features)  # one GEMM instead of three
+        weight = sa.query.weight
+        self.qkv = nn.Linear(  # one GEMM instead of three
+            sa.query.in_features, 3 * sa.query.out_features, device=weight.device, dtype=weight.dtype
+        )
         with torch.no_grad():
             self.qkv.weight.copy_(torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]))
             self.qkv.bias.copy_(torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]))
-        self.qkv.to(sa.query.weight.dtype)
         self.scale = float(sa.attention_head_size) ** -0.5
         self.attn_out, self.attn_norm = layer.attention.output.dense, layer.attention.output.LayerNorm
         self.inter, self.act = layer.intermediate.dense, layer.intermediate.intermediate_act_fn

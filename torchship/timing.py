@@ -35,10 +35,10 @@ def time_formats(
     """
     medians: dict[str, dict[str, float]] = {name: {} for name in engine.backends}
     generator = torch.Generator().manual_seed(0)
-    points = sorted(((b, s) for b in GRID_BATCHES for s in seqs), key=lambda p: p[0] * engine.cost(p[1]))
+    points = sorted(((b, s) for b in GRID_BATCHES for s in seqs), key=lambda p: _cost(engine, *p))
     started, last = time.perf_counter(), None
     for batch, seq in points:
-        cost = batch * engine.cost(seq)
+        cost = _cost(engine, batch, seq)
         if total_s is not None and last is not None:
             spent, (last_s, last_cost) = time.perf_counter() - started, last
             if spent + last_s * cost / last_cost > total_s:
@@ -63,15 +63,20 @@ def time_formats(
                     timed[key] = ms
                     estimated.update({key} & set(recorded.estimated))
     for timed in medians.values():
-        anchor = max(timed, key=lambda k: _cost(engine, k), default=None)
+        anchor = max(timed, key=lambda k: _cost(engine, *_point(k)), default=None)
         for batch, seq in points:
             key = f"{batch}x{seq}"
             if key not in timed and anchor is not None:
-                timed[key] = round(timed[anchor] * _cost(engine, key) / _cost(engine, anchor), 4)
+                scale = _cost(engine, batch, seq) / _cost(engine, *_point(anchor))
+                timed[key] = round(timed[anchor] * scale, 4)
                 estimated.add(key)
     return Timings(list(GRID_BATCHES), list(seqs), torch.get_num_threads(), medians, estimated=sorted(estimated))
 
 
-def _cost(engine: Engine, key: str) -> int:
-    batch, seq = map(int, key.split("x"))
+def _cost(engine: Engine, batch: int, seq: int) -> int:
     return batch * engine.cost(seq)
+
+
+def _point(key: str) -> tuple[int, int]:
+    batch, seq = key.split("x")
+    return int(batch), int(seq)

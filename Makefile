@@ -13,13 +13,20 @@ CMAKE_CONFIGURE = cmake -S cpp -B build/cpp -DCMAKE_BUILD_TYPE=Release \
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch==2.13.0 is pinned in pyproject.toml: its CPU build is on disk, any other version downloads gigabytes.
-$(VENV)/.demo-installed: pyproject.toml | $(PY)
-	$(PIP) install -e '.[demo]'
+# Installs go through uv (measured in a fresh clone: the test environment in 23 s, against about 3.5 min with pip).
+# torch==2.13.0 is pinned in pyproject.toml: its CPU build lies on disk in /opt/wheels, which pip reads from its
+# own configuration and uv only when told (--find-links); any other version downloads gigabytes.
+UV := $(VENV)/bin/uv
+UV_INSTALL = $(UV) pip install -q $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels) --python
+$(UV): | $(PY)
+	$(PIP) install uv
+
+$(VENV)/.demo-installed: pyproject.toml | $(UV)
+	$(UV_INSTALL) $(PY) -e '.[demo]'
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml | $(PY) $(TRITON_VENV)/.installed
-	$(PIP) install -e '.[demo,test]'
+$(VENV)/.test-installed: pyproject.toml | $(UV) $(TRITON_VENV)/.installed
+	$(UV_INSTALL) $(PY) -e '.[demo,test]'
 	touch $@ $(VENV)/.demo-installed  # the test extra holds the demo one
 
 # The Triton tests' server side (tests/triton_server.py): the tritonserver binary and Python backend from the
@@ -27,11 +34,11 @@ $(VENV)/.test-installed: pyproject.toml | $(PY) $(TRITON_VENV)/.installed
 # backend runs torchship in. That stub (Triton 2.51) reads tensors wrongly under numpy 2, hence numpy<2 here.
 # The packages are the runtime's share of pyproject's dependencies (no transformers: the runtime never imports it;
 # onnxruntime runs the default artifacts' ONNX graph).
-$(TRITON_VENV)/.installed: pyproject.toml
+$(TRITON_VENV)/.installed: pyproject.toml | $(UV)
 	$(PYTHON) -m venv $(TRITON_VENV)
-	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0 'numpy<2' \
+	$(UV_INSTALL) $(TRITON_VENV)/bin/python torch==2.13.0 'numpy<2' \
 		'tokenizers>=0.20' 'safetensors>=0.4' 'huggingface-hub>=0.30' 'tqdm>=4.66' 'onnxruntime>=1.20'
-	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps -e . 'nvidia-pytriton==0.7.0'
+	$(UV_INSTALL) $(TRITON_VENV)/bin/python --no-deps -e . 'nvidia-pytriton==0.7.0'
 	touch $@
 
 demo: $(VENV)/.demo-installed

@@ -128,6 +128,7 @@ def copy_artifact(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which suffixes each node id with its group
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`make test` runs on 2 pytest-xdist workers with --dist loadgroup: each test module stays on one worker (its
     module-scoped fixtures, such as compiled artifacts and a local Ray, are built once), except where a test
@@ -135,3 +136,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else "other"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail at once when --dist loadgroup does not group: every module fixture would then be built on both
+    workers, silently (pytest 9.2 with pytest-xdist 3.8 did this, and CI took minutes longer)."""
+    if getattr(session.config.option, "loadgroup", False) and any("@" not in i.nodeid for i in session.items):
+        import xdist
+
+        raise pytest.UsageError(
+            f"pytest-xdist {xdist.__version__} --dist loadgroup is not grouping tests under pytest {pytest.__version__}"
+            " (node ids lack their @group suffix); install the versions pyproject.toml's test extra pins"
+        )

@@ -159,6 +159,13 @@ def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
     assert "quantize_dynamic" in precision["method"]
     assert set(precision["tolerance"]) == {"last_hidden_state", "pooler_output"}
     assert all(0 < v < 1 for v in precision["tolerance"].values()), precision
+    assert set(precision["min_cosine"]) == {"last_hidden_state", "pooler_output"}
+    assert all(0.5 < v < 1 for v in precision["min_cosine"].values()), precision  # int8 loses something
+    speed = precision["speedup_vs_float32"]
+    assert speed["shape"] == "8x32"
+    assert speed["ratio"] > 0
+    advice = m["export"]["notes"]["int8"]
+    assert advice.startswith("int8 pays" if speed["ratio"] >= 1.1 else "int8 does not pay"), advice
     assert m["formats"]["onnx"][0]["parity"]["passed"] is True
     assert (int8 / "model.onnx").stat().st_size < 0.6 * (fp32 / "model.onnx").stat().st_size  # int8 weights
     import onnx

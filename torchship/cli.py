@@ -444,6 +444,11 @@ def _print_info(path: str | Path) -> None:
     if m.precision:
         tol = ", ".join(f"{k} {v:.2e}" for k, v in m.precision["tolerance"].items())
         print(f"precision     measured against float32: {tol}")
+        if "min_cosine" in m.precision:
+            cos = ", ".join(f"{k} {v:.4f}" for k, v in m.precision["min_cosine"].items())
+            print(f"              min cosine: {cos}")
+        if "int8" in (m.export or {}).get("notes", {}):
+            print(f"              {m.export['notes']['int8']}")
     if m.plan:
         expected = m.plan["expected"]["planned"]
         print(

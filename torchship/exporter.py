@@ -183,6 +183,10 @@ def _build(
             ran = validate.run_format(staging, name)
             return validate.measure_tolerance(staging, ran, reference_fn, batch=batch, grid=buckets, seed=1)
 
+        def cosine(name: str = name) -> dict[str, float]:
+            ran = validate.run_format(staging, name)
+            return validate.measure_cosine(staging, ran, reference_fn, batch=batch, grid=buckets, seed=1)
+
         def use(backend: formats.Backend, name: str = name) -> None:
             staging.engine.backends[name] = backend
 
@@ -192,7 +196,7 @@ def _build(
         for entry in entries:  # static formats: a record per bucket; dynamic ones: one over every shape
             entry.parity = report.entry(entry.seq) if entry.seq is not None else report.summary()
         refined = fmt.refine(job, entries[0], formats.Refiner(use, lambda tolerance=None, c=check: c(tolerance),
-                                                               measure))  # fmt: skip
+                                                               measure, cosine))  # fmt: skip
         notes.update(refined.get("notes", {}))
         if "precision" in refined:
             manifest.precision = refined["precision"]

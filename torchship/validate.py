@@ -171,6 +171,27 @@ def measure_tolerance(
     return worst
 
 
+def measure_cosine(
+    predictor: Predictor, reduced: EagerFn, reference: EagerFn, *, batch: int, grid: list[int], seed: int = 1
+) -> dict[str, float]:
+    """The lowest cosine similarity of ``reduced``'s outputs to ``reference``'s, per output, on the parity cases:
+    per real token for outputs that carry a vector per token, per row otherwise (padded positions zeroed)."""
+    worst: dict[str, float] = {}
+    for _, _, inputs in _cases(predictor, grid, batch, seed):
+        got, want, real = reduced(inputs), reference(inputs), inputs["attention_mask"].bool()
+        for name in predictor.output_names:
+            a, b = got[name].float().cpu(), want[name].float().cpu()
+            if predictor.seq_axis(name) == 1 and a.shape[:2] == real.shape:
+                if a.dim() > 2:  # a vector per token: compare the real tokens
+                    a, b = a[real], b[real]
+                else:  # a scalar per token (span logits): compare rows, padding zeroed
+                    a, b = a * real, b * real
+            a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+            cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
+            worst[name] = min(worst.get(name, 1.0), float(cosine.min()))
+    return worst
+
+
 def check(
     predictor: Predictor,
     eager: EagerFn,

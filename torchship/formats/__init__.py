@@ -108,11 +108,13 @@ class Target:
 class Refiner:
     """What ``Format.refine`` may use: ``use(backend)`` makes the staging artifact run this format by ``backend``;
     ``check(tolerance=None)`` returns its ParityReport against the eager model; ``measure()`` returns its
-    measured drift from the float32 eager model, per output (for a lossy rewrite such as int8)."""
+    measured drift from the float32 eager model, per output (for a lossy rewrite such as int8), and ``cosine()``
+    its lowest cosine similarity to that model, per output (validate.measure_cosine)."""
 
     use: Callable[[Backend], None]
     check: Callable[..., Any]
     measure: Callable[[], dict[str, float]]
+    cosine: Callable[[], dict[str, float]]
 
 
 class Format:

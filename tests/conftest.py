@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,19 @@ import torch
 
 import torchship
 
+
+def _share_the_cores() -> None:
+    """Each pytest-xdist worker gets its share of the cores, for torch here and (through the environment) for the
+    servers and jobs it starts: two workers on 2 cores that each run 2 intra-op threads oversubscribe the machine,
+    and their OpenMP threads spin against each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores()
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "texts.jsonl"
 TS = ("torchscript",)  # what tests that are not about formats export: the default adds ONNX, seconds per export
 

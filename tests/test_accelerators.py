@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,8 @@ def test_int8_is_onnx_runtime_quantization_on_cpu_only() -> None:
 def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
     tiny_bert_dir: Path, tmp_path: Path
 ) -> None:
+    from tests.conftest import corpus_texts
+
     fp32 = torchship.export(
         tiny_bert_dir, tmp_path / "fp32", torchship.ExportOptions(formats=("onnx",), seq_lengths=(8, 32))
     )
@@ -166,6 +170,23 @@ def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
     assert speed["ratio"] > 0
     advice = m["export"]["notes"]["int8"]
     assert advice.startswith("int8 pays" if speed["ratio"] >= 1.1 else "int8 does not pay"), advice
+    gate = precision["gate"]  # the sentence embeddings (mean pooled) on real text, against the default 0.995
+    assert (gate["metric"], gate["min"], gate["held"]) == ("cosine", 0.995, True), gate
+    assert set(gate["measured"]) == {"sentence_embedding"}
+    assert gate["measured"]["sentence_embedding"] >= 0.995
+    kept, sensitivity = precision["float32_layers"], precision["sensitivity"]
+    if kept:  # the most sensitive layer groups, measured one by one, stay in float32; the note names them
+        assert kept == sorted(sensitivity, key=sensitivity.get)[: len(kept)], (kept, sensitivity)
+        assert all(name in advice for name in kept), advice
+        assert gate["quantized_whole"] < 0.995
+    else:
+        assert sensitivity == {}  # quantized whole, the gate held: nothing to measure
+        assert gate["quantized_whole"] == gate["measured"]["sentence_embedding"]
+    texts = corpus_texts()[:64]  # texts the gate never measured: the gate holds beyond its own sample
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # both cut at the longest bucket, 32 tokens, alike
+        embedded, reference = torchship.load(int8)(texts), torchship.load(fp32)(texts)
+    assert (embedded * reference).sum(1).min() >= 0.995  # unit vectors (the model normalizes)
     assert m["formats"]["onnx"][0]["parity"]["passed"] is True
     assert (int8 / "model.onnx").stat().st_size < 0.6 * (fp32 / "model.onnx").stat().st_size  # int8 weights
     import onnx
@@ -181,12 +202,49 @@ def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
         assert 0 < diff <= 1e-4 + 1.5 * precision["tolerance"][name]
 
 
+def test_int8_gate_keeps_the_most_sensitive_layers_in_float32(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from torchship.formats.onnx import layer_groups
+
+    fp32 = torchship.export(
+        tiny_bert_dir, tmp_path / "fp32", torchship.ExportOptions(formats=("onnx",), seq_lengths=(16, 64))
+    )
+    groups = layer_groups(fp32 / "model.onnx")
+    assert set(groups) == {"model.embeddings", "model.encoder.layer.0", "model.encoder.layer.1", "model.pooler"}
+    # a gate the graph quantized whole cannot hold (0.99996 here), that one group quantized alone can
+    options = torchship.ExportOptions(formats=("onnx",), seq_lengths=(16, 64), dtype="int8", min_cosine=0.999999)
+    int8 = torchship.export(tiny_bert_dir, tmp_path / "int8", options)
+    precision = _manifest(int8)["precision"]
+    kept, sensitivity, gate = precision["float32_layers"], precision["sensitivity"], precision["gate"]
+    assert gate["quantized_whole"] < 0.999999 <= gate["measured"]["sentence_embedding"], gate
+    assert set(sensitivity) == set(groups)
+    assert 0 < len(kept) < len(groups), precision
+    assert kept == sorted(sensitivity, key=sensitivity.get)[: len(kept)]  # the most sensitive first
+    import onnx
+
+    ops = {node.name: node.op_type for node in onnx.load(str(int8 / "model.onnx")).graph.node}
+    for group in kept:  # a kept group's matrix products are still float32 MatMuls, under their own names
+        assert all(ops.get(n) == "MatMul" for n in groups[group] if n in ops and "MatMul" in n), group
+    assert any(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops.values())  # the rest is int8
+
+    with pytest.raises(torchship.OptionsError, match="int8 cannot hold the gate: cosine to float32 on real text"):
+        torchship.export(tiny_bert_dir, tmp_path / "never", dataclasses.replace(options, min_cosine=1.0))
+    assert not (tmp_path / "never").exists()  # nothing half-written
+    for bad in (0, 1.5, True, "0.99"):
+        with pytest.raises(torchship.OptionsError, match="min_cosine must be a number in"):
+            torchship.ExportOptions(min_cosine=bad)  # type: ignore[arg-type]
+
+
 def test_int8_minilm_embeddings_stay_close_to_float32(demo_artifact: Path, tmp_path: Path) -> None:
     from tests.conftest import corpus_texts
 
     texts = corpus_texts()[:40]
-    options = torchship.ExportOptions(formats=("onnx",), seq_lengths=(32, 256), dtype="int8")
-    int8 = torchship.load(torchship.export("demo", tmp_path / "int8", options), truncation="error")(texts)
+    # quantized whole, the gate's own texts measure 0.9836 (the default gate, 0.995, keeps 4 of its 8 layer
+    # groups in float32 and takes a couple of minutes here: the tiny model's test covers that search)
+    options = torchship.ExportOptions(formats=("onnx",), seq_lengths=(32, 256), dtype="int8", min_cosine=0.98)
+    artifact = torchship.export("demo", tmp_path / "int8", options)
+    gate = _manifest(artifact)["precision"]["gate"]
+    assert 0.98 <= gate["measured"]["sentence_embedding"] == gate["quantized_whole"] < 0.995, gate
+    int8 = torchship.load(artifact, truncation="error")(texts)
     fp32 = torchship.load(demo_artifact, truncation="error")(texts)  # both whole: only quantization differs
     cosine = (int8 * fp32).sum(1)
     assert cosine.min() > 0.97, cosine.min()  # measured over the whole corpus: 0.984 at worst, 0.993 median

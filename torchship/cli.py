@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype", default="float32", choices=DTYPES, help="int8: ONNX Runtime dynamic quantization (--format onnx)"
     )
+    p.add_argument(
+        "--min-cosine", type=float, default=0.995,
+        help="int8 gate for embeddings: lowest cosine to float32 on real text (default 0.995)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-top1", type=float, default=0.99,
+        help="int8 gate for labels, tokens and spans: share of top-1 choices kept from float32 (default 0.99)",
+    )  # fmt: skip
 
     p = sub.add_parser("predict", help="run texts through an artifact")
     p.add_argument("artifact", metavar="ARTIFACT")
@@ -247,6 +255,8 @@ def _export(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         attn_implementation=args.attn_implementation,
         unpad=args.unpad,
+        min_cosine=args.min_cosine,
+        min_top1=args.min_top1,
     )
     path = export(args.model, args.output_dir, options)
     _print_info(path)

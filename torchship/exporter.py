@@ -170,6 +170,15 @@ def _build(
             "rule": "each output's max abs diff from the float32 reference <= atol + 1.5 x tolerance",
         }
     notes: dict[str, str] = {}
+    judges: list[validate.Judge] = []  # built on first use (the int8 gate): it runs the eager model once
+
+    def judge() -> validate.Judge:
+        if not judges:
+            cosine = staging.task_def.agreement == "cosine"
+            minimum = options.min_cosine if cosine else options.min_top1
+            judges.append(validate.Judge(staging, reference_fn, minimum=minimum))
+        return judges[0]
+
     for name in options.formats:
         steps.set_postfix_str(f"{name}: validating parity")
         fmt = formats.get(name)
@@ -187,6 +196,9 @@ def _build(
             ran = validate.run_format(staging, name)
             return validate.measure_cosine(staging, ran, reference_fn, batch=batch, grid=buckets, seed=1)
 
+        def agreement(name: str = name) -> validate.Agreement:
+            return judge()(validate.run_format(staging, name))
+
         def use(backend: formats.Backend, name: str = name) -> None:
             staging.engine.backends[name] = backend
 
@@ -196,7 +208,7 @@ def _build(
         for entry in entries:  # static formats: a record per bucket; dynamic ones: one over every shape
             entry.parity = report.entry(entry.seq) if entry.seq is not None else report.summary()
         refined = fmt.refine(job, entries[0], formats.Refiner(use, lambda tolerance=None, c=check: c(tolerance),
-                                                               measure, cosine))  # fmt: skip
+                                                               measure, cosine, agreement))  # fmt: skip
         notes.update(refined.get("notes", {}))
         if "precision" in refined:
             manifest.precision = refined["precision"]

@@ -51,6 +51,10 @@ class ExportOptions:
     Either way the drift from float32 is measured and recorded as ``manifest["precision"]``.
     ``atol`` and ``attn_implementation`` default to the architecture's ``ArchSpec`` (its measured choice).
     ``unpad`` runs the dense layers on real tokens only, inside the graph (BERT-layout encoders; torchship/unpad.py).
+    An int8 export is gated on its agreement with float32 on real text (validate.Judge): the lowest cosine
+    similarity of embeddings (``min_cosine``, for feature extraction and sparse embeddings) or the share of top-1
+    choices kept (``min_top1``: labels, tokens, spans); when the gate fails, the most sensitive layers stay in
+    float32 until it holds.
     """
 
     task: str = "auto"
@@ -69,8 +73,15 @@ class ExportOptions:
     dtype: str = "float32"
     attn_implementation: str | None = None
     unpad: bool = False
+    min_cosine: float = 0.995
+    min_top1: float = 0.99
 
     def __post_init__(self) -> None:
+        for name in ("min_cosine", "min_top1"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                raise OptionsError(f"{name} must be a number in (0, 1], got {value!r}; the default is "
+                                   f"{type(self).__dataclass_fields__[name].default}")  # fmt: skip
         if self.attn_implementation not in (None, "eager", "sdpa"):
             raise OptionsError(
                 f"attn_implementation {self.attn_implementation!r} is invalid; choose 'eager' or 'sdpa' (or leave it "

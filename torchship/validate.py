@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -212,3 +213,122 @@ def check(
         report.max_abs_diff[seq] = _diffs(predictor, exported, eager(inputs), inputs["attention_mask"])
         report.shapes[seq] = [len(lengths), max(lengths)]
     return report
+
+
+# ---- the int8 gate: agreement with float32 on real text, as each task's users read the outputs ------------------
+
+GATE_MODULES = (
+    "argparse", "collections", "csv", "dataclasses", "datetime", "decimal", "email.message", "enum", "fractions",
+    "functools", "heapq", "http.client", "itertools", "json", "logging", "pathlib", "random", "shutil", "statistics",
+    "string", "subprocess", "tarfile", "textwrap", "threading", "urllib.parse", "zipfile",
+)  # fmt: skip
+
+
+def gate_texts(n: int = 128) -> list[str]:
+    """``n`` real English texts that every machine has: paragraphs of the Python standard library's docstrings
+    (modules, their public classes and functions, in a fixed order), three in four short, one in four whole
+    docstrings (long: they fill the longest buckets). Code examples are left out."""
+    import importlib
+    import inspect
+
+    short: list[str] = []
+    long: list[str] = []
+    for module_name in GATE_MODULES:
+        module = importlib.import_module(module_name)
+        objects = [module] + [v for a, v in sorted(vars(module).items()) if not a.startswith("_")]
+        for obj in objects:
+            if getattr(obj, "__module__", module_name) != module_name or not (
+                inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isfunction(obj)
+            ):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            paragraphs = [" ".join(p.split()) for p in doc.split("\n\n") if ">>>" not in p and "::" not in p]
+            prose = [p for p in paragraphs if len(p.split()) >= 8]
+            short += prose
+            if len(prose) >= 3:
+                long.append(" ".join(prose))
+    texts = short[: n - n // 4] + long[: n // 4]
+    return texts + short[len(texts) : len(texts) + n - len(texts)]  # too few long ones: more short ones
+
+
+@dataclass
+class Agreement:
+    """An int8 artifact's agreement with the float32 eager model, per judged output: the lowest cosine
+    similarity ("cosine": vectors people compare) or the share of top-1 choices that stay the same ("top1":
+    labels, tokens, spans). It holds when every value reaches ``minimum``."""
+
+    metric: str
+    minimum: float
+    values: dict[str, float]
+    texts: int
+
+    @property
+    def worst(self) -> float:
+        return min(self.values.values())
+
+    def holds(self) -> bool:
+        return self.worst >= self.minimum
+
+    def margin(self) -> float:
+        return self.worst - self.minimum
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "min": self.minimum,
+            "measured": {k: round(v, 7) for k, v in self.values.items()},
+            "held": self.holds(),
+            "on": f"{self.texts} texts from the Python standard library's docstrings (validate.gate_texts)",
+        }
+
+
+class Judge:
+    """Measures an Agreement of a format of ``predictor`` with ``reference`` (the float32 eager model, run once)
+    on ``gate_texts`` in batches of ``batch`` rows of similar length, each padded to its longest row."""
+
+    def __init__(self, predictor: Predictor, reference: EagerFn, *, minimum: float, batch: int = 8) -> None:
+        self.predictor, self.task = predictor, predictor.task_def
+        self.minimum = minimum
+        texts = gate_texts()
+        encoded = predictor.encoder.encode(list(texts), truncation="warn")
+        order = sorted(range(len(texts)), key=lambda i: len(encoded.ids[i]))
+        self.batches = []
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            self.batches.append(predictor.engine.pad_rows(encoded, rows, max(len(encoded.ids[r]) for r in rows)))
+        self.texts = len(texts)
+        self.want = [self._judged(reference(inputs), inputs) for inputs in self.batches]
+
+    def _judged(self, outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        judged = self.task.judged(self.predictor.context, outputs, inputs["attention_mask"])
+        return {k: v.float().cpu() for k, v in judged.items()}
+
+    def __call__(self, reduced: EagerFn) -> Agreement:
+        metric = self.task.agreement
+        worst: dict[str, float] = {}
+        same: dict[str, list[int]] = {}
+        for inputs, want in zip(self.batches, self.want, strict=True):
+            got = self._judged(reduced(inputs), inputs)
+            real = inputs["attention_mask"].bool()
+            for name, b in want.items():
+                a = got[name]
+                per_token = self.predictor.seq_axis(name) == 1 and a.shape[:2] == real.shape
+                if metric == "cosine":
+                    if per_token:
+                        a, b = (a[real], b[real]) if a.dim() > 2 else (a * real, b * real)
+                    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+                    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
+                    worst[name] = min(worst.get(name, 1.0), float(cosine.min()))
+                    continue
+                if per_token and a.dim() > 2:  # a choice per real token (labels, vocabulary)
+                    a, b = a[real], b[real]
+                elif per_token:  # a position per row (span starts and ends): padding can never win
+                    a, b = a.masked_fill(~real, float("-inf")), b.masked_fill(~real, float("-inf"))
+                a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+                if a.shape[-1] == 1:  # one score per row (a cross-encoder): which row ranks first
+                    a, b = a.reshape(1, -1), b.reshape(1, -1)
+                counts = same.setdefault(name, [0, 0])
+                counts[0] += int((a.argmax(-1) == b.argmax(-1)).sum())
+                counts[1] += a.shape[0]
+        values = worst if metric == "cosine" else {k: hit / total for k, (hit, total) in same.items()}
+        return Agreement(metric, self.minimum, values, self.texts)

@@ -109,12 +109,14 @@ class Refiner:
     """What ``Format.refine`` may use: ``use(backend)`` makes the staging artifact run this format by ``backend``;
     ``check(tolerance=None)`` returns its ParityReport against the eager model; ``measure()`` returns its
     measured drift from the float32 eager model, per output (for a lossy rewrite such as int8), and ``cosine()``
-    its lowest cosine similarity to that model, per output (validate.measure_cosine)."""
+    its lowest cosine similarity to that model, per output (validate.measure_cosine); ``agreement()`` its
+    validate.Agreement with that model on real text, as the task's results are read, against the export's gate."""
 
     use: Callable[[Backend], None]
     check: Callable[..., Any]
     measure: Callable[[], dict[str, float]]
     cosine: Callable[[], dict[str, float]]
+    agreement: Callable[[], Any]
 
 
 class Format:

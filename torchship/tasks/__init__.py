@@ -150,6 +150,9 @@ class Task:
     takes_prompts: ClassVar[bool] = False  # sentence-transformers prompts (prompt_name) prefix its texts
     sparse: ClassVar[bool] = False  # results are sparse vectors over the vocabulary (TEI /embed_sparse)
     classifies: ClassVar[bool] = False  # results are ranked {label, score} per text or pair (TEI /predict)
+    # how an int8 artifact is held to float32 (validate.Judge): "top1", the share of choices (labels, tokens,
+    # spans) that stay the same, or "cosine", the lowest cosine similarity of the vectors people compare
+    agreement: ClassVar[str] = "top1"
 
     # ---- options ---------------------------------------------------------------------------------------------
 
@@ -225,6 +228,10 @@ class Task:
         """Results in the Hugging Face Inference API's shape (what InferenceClient parses)."""
         out = [self.to_json(r) for r in results]
         return out[0] if single else out
+
+    def judged(self, ctx: Context, outputs: Mapping[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the int8 gate compares of a batch's raw outputs: what this task's results are read from."""
+        return dict(outputs)
 
     # ---- export and cost -------------------------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ class FeatureExtraction(Task):
     arch_suffix = "Model"
     embeds = True
     has_pooler = True
+    agreement = "cosine"
     takes_prompts = True
     params = (
         Param("dimensions", None, "keep the first N dimensions (Matryoshka); null: all", nullable=True),
@@ -88,6 +89,13 @@ class FeatureExtraction(Task):
             hidden = batch.outputs["last_hidden_state"].float()
             return [hidden[i, :n].numpy() for i, n in enumerate(batch.lengths)]
         return postprocess(batch, pooling=prepared, dimensions=params["dimensions"], normalize=params["normalize"])
+
+    def judged(self, ctx: Context, outputs: Mapping[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The sentence embeddings, pooled as this model's sentence-transformers pipeline pools (what is
+        compared by cosine: normalizing does not change it)."""
+        pooling = check_pooling(ctx.manifest.pooling)
+        hidden = outputs["last_hidden_state"].float()
+        return {"sentence_embedding": pool(hidden, mask, mode=pooling["mode"], normalize=False)}
 
     def finish(self, results: list[Any], single: bool) -> Any:
         if results and results[0].ndim == 2:  # output="tokens": one (seq_i, dim) array per text

@@ -62,6 +62,7 @@ class SparseEmbedding(Task):
     takes_pairs = False
     takes_prompts = True
     sparse = True
+    agreement = "cosine"  # the vectors are compared by dot product, as dense embeddings are
     params = (
         Param("top_k", None, "keep the largest N weights per text; null: every non-zero one", nullable=True),
         Param("threshold", 0.0, "drop weights at or below this value", "number"),

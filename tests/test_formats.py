@@ -216,8 +216,9 @@ def test_calibrate_keeps_to_its_time_budget(all_formats: Path) -> None:
 
 
 def test_points_past_the_timing_budget_are_estimated_by_flops(all_formats: Path) -> None:
-    """What an export does past its timing budget (EXPORT_BUDGET_S): the cheapest point is timed, the others are
-    the format's most expensive timed point scaled by FLOPs, and are listed as estimated; none is missing."""
+    """What an export does past its timing budget (ExportOptions.timing_budget_s): the cheapest point is timed,
+    the others are the format's most expensive timed point scaled by FLOPs, and are listed as estimated; none is
+    missing."""
     from torchship.timing import time_formats
 
     engine = torchship.load(all_formats).engine
@@ -231,6 +232,15 @@ def test_points_past_the_timing_budget_are_estimated_by_flops(all_formats: Path)
             batch, seq = map(int, key.split("x"))
             expected = medians["1x8"] * batch * engine.cost(seq) / engine.cost(8)
             assert medians[key] == pytest.approx(expected, rel=1e-3), (name, key)
+
+
+def test_timing_budget_zero_times_the_cheapest_point_only(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    options = torchship.ExportOptions(formats=("torchscript", "onnx"), seq_lengths=(8, 32), timing_budget_s=0)
+    timings = _manifest(torchship.export(tiny_bert_dir, tmp_path / "art", options))["timings"]
+    assert timings["estimated"] == sorted({"8x8", "32x8", "1x32", "8x32", "32x32"})  # all but 1x8
+    for bad in (-1, float("inf"), True, "6"):
+        with pytest.raises(torchship.OptionsError, match="timing_budget_s must be a number of seconds >= 0"):
+            torchship.ExportOptions(timing_budget_s=bad)  # type: ignore[arg-type]
 
 
 def test_dynamic_formats_split_micro_batches_at_the_cheapest_cuts(all_formats: Path) -> None:

@@ -30,7 +30,9 @@ def test_unpadded_export_matches_the_eager_model_in_torchscript_and_onnx(
     family: str, task: str, demo_dir: Path, tmp_path: Path
 ) -> None:
     src = _save(tmp_path / "model", family, task, demo_dir)
-    options = torchship.ExportOptions(formats=("torchscript", "onnx"), seq_lengths=(8, 32), unpad=True)
+    options = torchship.ExportOptions(
+        formats=("torchscript", "onnx"), seq_lengths=(8, 32), unpad=True, timing_budget_s=0
+    )  # routing is not what this tests: the formats are timed at their cheapest point only
     art = torchship.export(src, tmp_path / "art", options)
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["architecture"]["dense_layers"] == "real tokens only (--unpad)"

@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype", default="float32", choices=DTYPES, help="int8: ONNX Runtime dynamic quantization (--format onnx)"
     )
     p.add_argument(
+        "--timing-budget", type=float, default=6.0, metavar="SECONDS",
+        help="what timing several formats against each other may cost; points past it are estimated by FLOPs",
+    )  # fmt: skip
+    p.add_argument(
         "--min-cosine", type=float, default=0.995,
         help="int8 gate for embeddings: lowest cosine to float32 on real text (default 0.995)",
     )  # fmt: skip
@@ -257,6 +261,7 @@ def _export(args: argparse.Namespace) -> int:
         unpad=args.unpad,
         min_cosine=args.min_cosine,
         min_top1=args.min_top1,
+        timing_budget_s=args.timing_budget,
     )
     path = export(args.model, args.output_dir, options)
     _print_info(path)

@@ -23,7 +23,7 @@ from . import __version__, artifact, device, formats, plan, registry, source, ta
 from .errors import ArtifactError, ExportError, OptionsError, UnsupportedModelError
 from .options import ExportOptions, LoadOptions
 from .runtime import Predictor
-from .timing import EXPORT_BUDGET_S, time_formats
+from .timing import time_formats
 from .tokenize import pad_rows
 from .wrap import ExportWrapper, untie_weights
 
@@ -216,7 +216,7 @@ def _build(
     for name in options.formats:  # every format is timed, whichever the staging engine loaded so far
         staging.engine.backend(name)
     if len(options.formats) > 1:
-        manifest.timings = time_formats(staging.engine, buckets, total_s=EXPORT_BUDGET_S)
+        manifest.timings = time_formats(staging.engine, buckets, total_s=options.timing_budget_s)
     manifest.export = {
         "options": {k: _jsonable(v) for k, v in asdict(options).items()},
         "seconds": None,

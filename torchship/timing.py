@@ -12,7 +12,6 @@ from .artifact import Timings
 from .engine import Engine
 
 GRID_BATCHES = (1, 8, 32)
-EXPORT_BUDGET_S = 6.0  # what timing may cost an export; the grid's largest points are estimated past it
 
 
 def time_formats(

@@ -226,6 +226,17 @@ def test_int8_gate_keeps_the_most_sensitive_layers_in_float32(tiny_bert_dir: Pat
         assert all(ops.get(n) == "MatMul" for n in groups[group] if n in ops and "MatMul" in n), group
     assert any(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops.values())  # the rest is int8
 
+    mine = tmp_path / "mine.jsonl"  # the gate on the user's own texts
+    mine.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a first text of mine", "and another one"]))
+    gated = torchship.export(
+        tiny_bert_dir, tmp_path / "mine", dataclasses.replace(options, min_cosine=0.99, gate_texts=mine)
+    )
+    assert _manifest(gated)["precision"]["gate"]["on"] == f"2 texts from {mine}"
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(torchship.OptionsError, match="empty.txt holds no text"):
+        torchship.export(tiny_bert_dir, tmp_path / "x", dataclasses.replace(options, gate_texts=tmp_path / "empty.txt"))
+    with pytest.raises(torchship.OptionsError, match="gate_texts is what the int8 gate measures on"):
+        torchship.ExportOptions(gate_texts=mine)
     with pytest.raises(torchship.OptionsError, match="int8 cannot hold the gate: cosine to float32 on real text"):
         torchship.export(tiny_bert_dir, tmp_path / "never", dataclasses.replace(options, min_cosine=1.0))
     assert not (tmp_path / "never").exists()  # nothing half-written

@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
         help="int8 gate for embeddings: lowest cosine to float32 on real text (default 0.995)",
     )  # fmt: skip
     p.add_argument(
+        "--gate-texts", type=Path, metavar="FILE",
+        help="texts the int8 gate measures on (JSON lines or text lines; default: stdlib docstrings)",
+    )  # fmt: skip
+    p.add_argument(
         "--min-top1", type=float, default=0.99,
         help="int8 gate for labels, tokens and spans: share of top-1 choices kept from float32 (default 0.99)",
     )  # fmt: skip
@@ -261,6 +265,7 @@ def _export(args: argparse.Namespace) -> int:
         unpad=args.unpad,
         min_cosine=args.min_cosine,
         min_top1=args.min_top1,
+        gate_texts=args.gate_texts,
         timing_budget_s=args.timing_budget,
     )
     path = export(args.model, args.output_dir, options)

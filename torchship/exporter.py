@@ -48,6 +48,7 @@ def export(model: str | Path, output_dir: str | Path, options: ExportOptions | N
         )
     for fmt in options.formats:
         formats.get(fmt).require()
+    gate = _gate_texts(options)  # a bad file fails here, before the slow part
     src = source.resolve(model)
     with (
         _quiet_transformers(),
@@ -57,15 +58,28 @@ def export(model: str | Path, output_dir: str | Path, options: ExportOptions | N
         loaded = load_eager(src, options.task, options.attn_implementation)
         steps.update()
         with artifact.atomic_dir(output_dir, overwrite=options.overwrite) as tmp:
-            manifest = _build(tmp, src, loaded, options, steps)
+            manifest = _build(tmp, src, loaded, options, steps, gate)
             manifest.export["seconds"] = round(time.perf_counter() - started, 3)
             artifact.write_manifest(tmp, manifest)  # hashed and written once
     return output_dir
 
 
+def _gate_texts(options: ExportOptions) -> list[str] | None:
+    """The texts of ``options.gate_texts``, read and checked; None for the default sample."""
+    if options.gate_texts is None:
+        return None
+    from .textfile import read_texts
+
+    texts = [t for t in read_texts(options.gate_texts) if t.strip()]
+    if not texts:
+        raise OptionsError(f"--gate-texts {options.gate_texts} holds no text; give JSON lines or lines of text")
+    return texts
+
+
 def _build(
-    tmp: Path, src: source.ModelSource, loaded: EagerModel, options: ExportOptions, steps: tqdm
-) -> artifact.Manifest:
+    tmp: Path, src: source.ModelSource, loaded: EagerModel, options: ExportOptions, steps: tqdm,
+    gate: list[str] | None = None,
+) -> artifact.Manifest:  # fmt: skip
     """Write tokenizer, config and every format into ``tmp``; validate them; return the manifest to write."""
     config, spec, task = loaded.config, loaded.spec, loaded.task
     st = src.sentence_transformers()
@@ -176,7 +190,8 @@ def _build(
         if not judges:
             cosine = staging.task_def.agreement == "cosine"
             minimum = options.min_cosine if cosine else options.min_top1
-            judges.append(validate.Judge(staging, reference_fn, minimum=minimum))
+            judges.append(validate.Judge(staging, reference_fn, minimum=minimum, texts=gate,
+                                         source=str(options.gate_texts) if gate else None))  # fmt: skip
         return judges[0]
 
     for name in options.formats:

@@ -224,10 +224,13 @@ GATE_MODULES = (
 )  # fmt: skip
 
 
-def gate_texts(n: int = 128) -> list[str]:
-    """``n`` real English texts that every machine has: paragraphs of the Python standard library's docstrings
-    (modules, their public classes and functions, in a fixed order), three in four short, one in four whole
-    docstrings (long: they fill the longest buckets). Code examples are left out."""
+GATE_TEXTS = 256
+
+
+def gate_texts(n: int = GATE_TEXTS) -> list[str]:
+    """``n`` distinct real English texts that every machine has: paragraphs of the Python standard library's
+    docstrings (modules, their public classes and functions, in a fixed order), three in four short, one in four
+    whole docstrings (long: they fill the longest buckets). Code examples are left out."""
     import importlib
     import inspect
 
@@ -247,8 +250,9 @@ def gate_texts(n: int = 128) -> list[str]:
             short += prose
             if len(prose) >= 3:
                 long.append(" ".join(prose))
+    short, long = list(dict.fromkeys(short)), list(dict.fromkeys(long))  # aliases share their docstrings
     texts = short[: n - n // 4] + long[: n // 4]
-    return texts + short[len(texts) : len(texts) + n - len(texts)]  # too few long ones: more short ones
+    return texts + short[n - n // 4 : 2 * n - len(texts) - n // 4]  # too few long ones: more short ones
 
 
 @dataclass
@@ -261,6 +265,7 @@ class Agreement:
     minimum: float
     values: dict[str, float]
     texts: int
+    source: str
 
     @property
     def worst(self) -> float:
@@ -278,18 +283,23 @@ class Agreement:
             "min": self.minimum,
             "measured": {k: round(v, 7) for k, v in self.values.items()},
             "held": self.holds(),
-            "on": f"{self.texts} texts from the Python standard library's docstrings (validate.gate_texts)",
+            "on": f"{self.texts} texts from {self.source}",
         }
 
 
 class Judge:
     """Measures an Agreement of a format of ``predictor`` with ``reference`` (the float32 eager model, run once)
-    on ``gate_texts`` in batches of ``batch`` rows of similar length, each padded to its longest row."""
+    on ``texts`` (default: ``gate_texts()``) in batches of ``batch`` rows of similar length, each padded to its
+    longest row; ``source`` says in the manifest where the texts came from."""
 
-    def __init__(self, predictor: Predictor, reference: EagerFn, *, minimum: float, batch: int = 8) -> None:
+    def __init__(
+        self, predictor: Predictor, reference: EagerFn, *, minimum: float, texts: list[str] | None = None,
+        source: str | None = None, batch: int = 8,
+    ) -> None:  # fmt: skip
         self.predictor, self.task = predictor, predictor.task_def
         self.minimum = minimum
-        texts = gate_texts()
+        self.source = source or "the Python standard library's docstrings (validate.gate_texts)"
+        texts = texts or gate_texts()
         encoded = predictor.encoder.encode(list(texts), truncation="warn")
         order = sorted(range(len(texts)), key=lambda i: len(encoded.ids[i]))
         self.batches = []
@@ -331,4 +341,4 @@ class Judge:
                 counts[0] += int((a.argmax(-1) == b.argmax(-1)).sum())
                 counts[1] += a.shape[0]
         values = worst if metric == "cosine" else {k: hit / total for k, (hit, total) in same.items()}
-        return Agreement(metric, self.minimum, values, self.texts)
+        return Agreement(metric, self.minimum, values, self.texts, self.source)

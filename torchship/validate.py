@@ -289,23 +289,22 @@ class Agreement:
 
 class Judge:
     """Measures an Agreement of a format of ``predictor`` with ``reference`` (the float32 eager model, run once)
-    on ``texts`` (default: ``gate_texts()``) in batches of ``batch`` rows of similar length, each padded to its
-    longest row; ``source`` says in the manifest where the texts came from."""
+    on ``texts`` (default: ``gate_texts()``) in the runtime's micro-batches; ``source`` says in the manifest where
+    the texts came from."""
 
     def __init__(
         self, predictor: Predictor, reference: EagerFn, *, minimum: float, texts: list[str] | None = None,
-        source: str | None = None, batch: int = 8,
+        source: str | None = None,
     ) -> None:  # fmt: skip
         self.predictor, self.task = predictor, predictor.task_def
         self.minimum = minimum
         self.source = source or "the Python standard library's docstrings (validate.gate_texts)"
         texts = texts or gate_texts()
         encoded = predictor.encoder.encode(list(texts), truncation="warn")
-        order = sorted(range(len(texts)), key=lambda i: len(encoded.ids[i]))
-        self.batches = []
-        for start in range(0, len(order), batch):
-            rows = order[start : start + batch]
-            self.batches.append(predictor.engine.pad_rows(encoded, rows, max(len(encoded.ids[r]) for r in rows)))
+        # batched and padded as the runtime batches and pads them (Engine.plan): int8 activations are quantized
+        # per tensor, padded positions included, so how a batch is padded moves the results
+        jobs = predictor.engine.plan(encoded.lengths)
+        self.batches = [predictor.engine.pad_rows(encoded, rows, length) for rows, length, _ in jobs]
         self.texts = len(texts)
         self.want = [self._judged(reference(inputs), inputs) for inputs in self.batches]
 

@@ -181,16 +181,23 @@ def measure_cosine(
     for _, _, inputs in _cases(predictor, grid, batch, seed):
         got, want, real = reduced(inputs), reference(inputs), inputs["attention_mask"].bool()
         for name in predictor.output_names:
-            a, b = got[name].float().cpu(), want[name].float().cpu()
-            if predictor.seq_axis(name) == 1 and a.shape[:2] == real.shape:
-                if a.dim() > 2:  # a vector per token: compare the real tokens
-                    a, b = a[real], b[real]
-                else:  # a scalar per token (span logits): compare rows, padding zeroed
-                    a, b = a * real, b * real
-            a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+            a, b = _rows(predictor, name, got[name].float().cpu(), want[name].float().cpu(), real, padding=0.0)
             cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
             worst[name] = min(worst.get(name, 1.0), float(cosine.min()))
     return worst
+
+
+def _rows(
+    predictor: Predictor, name: str, a: torch.Tensor, b: torch.Tensor, real: torch.Tensor, *, padding: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` as (rows, values) to compare row by row: a vector per token becomes a row per real token;
+    a scalar per token (span logits) stays a row per sequence, its padded positions set to ``padding``."""
+    if predictor.seq_axis(name) == 1 and a.shape[:2] == real.shape:
+        if a.dim() > 2:
+            a, b = a[real], b[real]
+        else:
+            a, b = a.masked_fill(~real, padding), b.masked_fill(~real, padding)
+    return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
 
 
 def check(
@@ -320,20 +327,14 @@ class Judge:
             got = self._judged(reduced(inputs), inputs)
             real = inputs["attention_mask"].bool()
             for name, b in want.items():
-                a = got[name]
-                per_token = self.predictor.seq_axis(name) == 1 and a.shape[:2] == real.shape
                 if metric == "cosine":
-                    if per_token:
-                        a, b = (a[real], b[real]) if a.dim() > 2 else (a * real, b * real)
-                    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+                    a, b = _rows(self.predictor, name, got[name], b, real, padding=0.0)
                     cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
                     worst[name] = min(worst.get(name, 1.0), float(cosine.min()))
                     continue
-                if per_token and a.dim() > 2:  # a choice per real token (labels, vocabulary)
-                    a, b = a[real], b[real]
-                elif per_token:  # a position per row (span starts and ends): padding can never win
-                    a, b = a.masked_fill(~real, float("-inf")), b.masked_fill(~real, float("-inf"))
-                a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+                # a choice per real token (labels, vocabulary), or a position per row (span starts and ends),
+                # where padding can never win
+                a, b = _rows(self.predictor, name, got[name], b, real, padding=float("-inf"))
                 if a.shape[-1] == 1:  # one score per row (a cross-encoder): which row ranks first
                     a, b = a.reshape(1, -1), b.reshape(1, -1)
                 counts = same.setdefault(name, [0, 0])

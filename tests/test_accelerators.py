@@ -141,10 +141,15 @@ def test_gemm_peak_is_the_faster_of_mm_and_linear_in_each_dtype() -> None:
         assert gemm_peak(n=n, repeats=3, dtype=dtype) > 0.5 * linear_rate
 
 
-def test_int8_is_onnx_runtime_quantization_on_cpu_only() -> None:
-    for bad in ({"formats": ("torchscript",)}, {"formats": ("onnx", "aoti")}, {"formats": ("onnx",), "device": "cuda"}):
-        with pytest.raises(torchship.OptionsError, match="dtype 'int8' is ONNX Runtime's dynamic quantization"):
+def test_int8_is_onnx_or_aoti_on_cpu_only() -> None:
+    for bad in (
+        {"formats": ("torchscript",)},
+        {"formats": ("onnx", "torchscript")},
+        {"formats": ("aoti",), "device": "cuda"},
+    ):
+        with pytest.raises(torchship.OptionsError, match="dtype 'int8' is dynamic int8 quantization for CPU"):
             torchship.ExportOptions(dtype="int8", **bad)  # type: ignore[arg-type]
+    assert torchship.ExportOptions(dtype="int8", formats=("onnx", "aoti")).formats == ("onnx", "aoti")
 
 
 def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
@@ -200,6 +205,55 @@ def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
     for name in ("last_hidden_state", "pooler_output"):
         diff = (got[name] - want[name]).abs().max().item()
         assert 0 < diff <= 1e-4 + 1.5 * precision["tolerance"][name]
+
+
+class _Agreement:
+    """What a gate trial returns (validate.Agreement's shape): the worst score and whether it holds."""
+
+    metric, minimum = "cosine", 0.99
+
+    def __init__(self, worst: float) -> None:
+        self.worst = worst
+
+    def holds(self) -> bool:
+        return self.worst >= self.minimum
+
+
+def test_int8_search_keeps_the_fewest_most_sensitive_groups_and_discards_the_rest() -> None:
+    from torchship.formats import int8
+
+    # each group's loss when quantized: the score is 1 minus the losses of the groups in int8
+    loss = {"a": 0.004, "b": 0.02, "c": 0.001, "d": 0.008, "e": 0.0}
+    tried: list[tuple[str, ...]] = []
+    discarded: list[tuple[str, ...]] = []
+
+    def trial(keep: tuple[str, ...]) -> tuple[_Agreement, tuple[str, ...]]:
+        tried.append(keep)
+        return _Agreement(1 - sum(v for g, v in loss.items() if g not in keep)), keep
+
+    gated = int8.search(list(loss), trial, discarded.append)
+    # whole: 0.967; b and d kept: 0.995 holds; b alone kept: 0.987 does not
+    assert gated.kept == ("b", "d") == gated.graph
+    assert gated.agreed.worst == pytest.approx(0.995)
+    assert gated.whole.worst == pytest.approx(1 - sum(loss.values()))
+    assert list(gated.sensitivity) == list(loss)
+    assert sorted(gated.sensitivity, key=gated.sensitivity.get)[:2] == ["b", "d"]
+    assert len(tried) == len(set(tried))  # no graph is made twice
+    assert sorted(discarded) == sorted(k for k in tried if k != ("b", "d"))  # all but the chosen one
+
+    # a gate nothing holds: refused, every graph discarded
+    loss = {"a": 0.02, "b": 0.02, "c": 0.02}
+    tried.clear()
+    discarded.clear()
+    with pytest.raises(torchship.OptionsError, match="int8 cannot hold the gate: cosine .* 0.9400 quantized whole"):
+        int8.search(list(loss), trial, discarded.append)
+    assert sorted(discarded) == sorted(tried)
+
+    # a graph that holds quantized whole: one trial, nothing measured per group
+    loss = {"a": 0.001}
+    tried.clear()
+    gated = int8.search(list(loss), trial, discarded.append)
+    assert (gated.kept, tried, gated.sensitivity) == ((), [()], {})
 
 
 def test_int8_gate_keeps_the_most_sensitive_layers_in_float32(tiny_bert_dir: Path, tmp_path: Path) -> None:

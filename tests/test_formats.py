@@ -122,6 +122,65 @@ def test_compiled_package_is_reused_from_the_cache(
     assert _manifest(again)["formats"]["aoti"][0]["parity"]["passed"] is True
 
 
+def test_int8_aoti_quantizes_the_validated_float32_package_with_torchao(
+    all_formats: Path, tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import corpus_texts
+
+    cache = Path(_manifest(all_formats)["export"]["options"]["cache_dir"])
+    compiled: list[object] = []
+    real = torch._inductor.aoti_compile_and_package
+
+    def counted(*args: object, **kwargs: object) -> object:
+        compiled.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", counted)
+    options = torchship.ExportOptions(formats=("aoti",), seq_lengths=(8, 32), dtype="int8", cache_dir=cache)
+    art = torchship.export(tiny_bert_dir, tmp_path / "int8", options)
+    assert len(compiled) == 1  # the float32 package came from the float32 export's cache; int8 is compiled once
+    m = _manifest(art)
+    precision = m["precision"]
+    assert precision["dtype"] == "int8"
+    assert precision["method"].startswith("torchao PT2E")
+    assert precision["gate"]["held"] is True
+    assert precision["gate"]["measured"]["sentence_embedding"] >= 0.995  # measured on the compiled package
+    assert precision["float32_layers"] == []  # the tiny model holds the default gate quantized whole
+    assert precision["speedup_vs_float32"]["ratio"] > 0
+    assert m["formats"]["aoti"][0]["parity"]["passed"] is True
+    assert "int8" in m["export"]["notes"]
+    texts = [" ".join(t.split()[:20]) for t in corpus_texts()[:16]]  # within the 32-token bucket
+    int8, float32 = torchship.load(art)(texts), torchship.load(all_formats, format="aoti")(texts)
+    assert not np.array_equal(int8, float32)  # quantized
+    cosine = (int8 * float32).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(float32, axis=1)
+    assert cosine.min() > 0.999, cosine.min()
+
+
+def test_aoti_int8_groups_are_the_encoder_layers_and_the_head(tiny_bert_dir: Path) -> None:
+    from transformers import AutoModel
+
+    from torchship.wrap import ExportWrapper
+
+    model = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    wrapper = ExportWrapper(model, ("input_ids", "attention_mask"), ("last_hidden_state", "pooler_output")).eval()
+    ids = torch.randint(1000, 2000, (2, 16))
+    program = torch.export.export(wrapper, (ids, torch.ones_like(ids)), strict=False)
+    groups = aoti.linear_groups(program)
+    assert list(groups) == ["model.encoder.layer.0", "model.encoder.layer.1", "model.pooler"]
+    assert groups["model.encoder.layer.1"] == [
+        f"model.encoder.layer.1.{name}"
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                     "intermediate.dense", "output.dense")
+    ]  # fmt: skip
+    assert groups["model.pooler"] == ["model.pooler.dense"]
+
+
+def test_int8_aoti_without_torchao_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchao", None)  # what an environment without torchao imports
+    with pytest.raises(torchship.OptionsError, match=r"torchao is not installed: pip install 'torchship\[int8\]'"):
+        torchship.ExportOptions(formats=("aoti",), dtype="int8")
+
+
 def test_missing_format_is_a_clear_error(tiny_bert_artifact: Path) -> None:
     with pytest.raises(torchship.ArtifactError, match="has no 'onnx' format; it holds: torchscript"):
         torchship.load(tiny_bert_artifact, format="onnx")

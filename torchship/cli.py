@@ -61,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
         "--unpad", action="store_true", help="dense layers on real tokens only, inside the graph (BERT-layout encoders)"
     )
     p.add_argument(
-        "--dtype", default="float32", choices=DTYPES, help="int8: ONNX Runtime dynamic quantization (--format onnx)"
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="int8 (CPU): dynamic quantization, ONNX Runtime's for onnx, torchao PT2E for aoti",
     )
     p.add_argument(
         "--timing-budget", type=float, default=6.0, metavar="SECONDS",

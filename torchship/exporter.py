@@ -153,7 +153,7 @@ def _build(
     job = formats.ExportJob(
         wrapper=wrapper, examples=examples, input_names=input_names, output_names=output_names,
         max_length=buckets[-1], out=tmp,
-        cache=(options.cache_dir or default_cache_dir()) / "aoti" / _cache_key(manifest, config),
+        cache=(options.cache_dir or default_cache_dir()) / "aoti" / _cache_key(manifest, config, quantized),
         options=options, model_type=config.model_type, ort_fusion=spec.ort_fusion,
         num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
         hidden_size=int(getattr(config, "hidden_size", 0) or 0),
@@ -250,9 +250,10 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "torchship"
 
 
-def _cache_key(manifest: artifact.Manifest, config: Any) -> str:
+def _cache_key(manifest: artifact.Manifest, config: Any, quantized: bool = False) -> str:
     """Everything a compiled package depends on: weights, config, task, attention, in-graph pooling, names,
-    lengths, versions."""
+    lengths, versions. ``quantized``: the float32 package an int8 export quantizes, the same as a float32
+    export's."""
     from .formats import MAX_BATCH
 
     keyed = {
@@ -264,7 +265,7 @@ def _cache_key(manifest: artifact.Manifest, config: Any) -> str:
         "inputs": manifest.inputs,
         "outputs": manifest.outputs,
         "max_length": manifest.max_length,
-        "dtype": manifest.dtype,
+        "dtype": "float32" if quantized else manifest.dtype,
         "device": manifest.device,
         "max_batch": MAX_BATCH,
         "torch": torch.__version__,

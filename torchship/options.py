@@ -47,7 +47,8 @@ class ExportOptions:
     onnx, ``("all",)``, or ``("default",)``: TorchScript and ONNX, those of them that ``dtype`` and ``device``
     allow; compiled AOTInductor packages are reused from ``cache_dir``
     (default ``$TORCHSHIP_CACHE`` or ``~/.cache/torchship``). ``dtype`` float16 or bfloat16 traces the model
-    in that dtype on ``device``; int8 is ONNX Runtime's dynamic quantization of the float32 ONNX graph (CPU).
+    in that dtype on ``device``; int8 (CPU) is dynamic quantization of the validated float32 graph: ONNX Runtime's
+    for onnx, torchao's PT2E for aoti (the int8 extra).
     Either way the drift from float32 is measured and recorded as ``manifest["precision"]``.
     ``atol`` and ``attn_implementation`` default to the architecture's ``ArchSpec`` (its measured choice).
     ``unpad`` runs the dense layers on real tokens only, inside the graph (BERT-layout encoders; torchship/unpad.py).

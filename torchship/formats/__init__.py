@@ -2,8 +2,8 @@
 
 Every format has the same pair, ``export(job) -> entries`` and ``load(root, manifest, target) -> Backend``,
 plus ``check`` (the dtypes and devices it can be exported for) and ``refine`` (what it does to its own files
-once parity holds: ONNX Runtime fusion and int8 quantization). A ``Backend`` is a loaded format: how far it
-pads a sequence, and how it runs padded inputs.
+once parity holds: ONNX Runtime fusion, int8 quantization (formats/int8.py)). A ``Backend`` is a loaded format:
+how far it pads a sequence, and how it runs padded inputs.
 
 Static formats (TorchScript, Neuron) pad to the smallest traced bucket and get one manifest entry, with its own
 parity record, per bucket; dynamic ones (AOTInductor, ONNX) pad only to a small multiple, so sorted
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 PAD_MULTIPLE = 8  # dynamic formats pad to a multiple of this
 MAX_BATCH = 1024  # dynamic formats' batch bound
-INT8 = "dtype 'int8' is ONNX Runtime's dynamic quantization, for CPU"
+INT8 = "dtype 'int8' is dynamic int8 quantization for CPU, in formats onnx (ONNX Runtime) and aoti (torchao PT2E)"
 
 Run = Callable[[int, "tuple[torch.Tensor, ...]"], "tuple[torch.Tensor, ...]"]
 
@@ -140,7 +140,7 @@ class Format:
         if options.dtype == "int8":
             raise OptionsError(
                 f"{INT8} (asked: {', '.join(options.formats)} on {options.device}); "
-                "export it with --format onnx --device cpu"
+                "export it with --format onnx or --format aoti, on --device cpu"
             )
         raise OptionsError(self.unsupported(options))
 

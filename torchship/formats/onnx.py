@@ -10,8 +10,6 @@ import ast
 import contextlib
 import io
 import logging
-import statistics
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import OptionsError
-from . import MAX_BATCH, Backend, ExportJob, Format, Refiner, Target, register
+from . import MAX_BATCH, Backend, ExportJob, Format, Refiner, Target, int8, register
 
 if TYPE_CHECKING:
     from ..artifact import FormatEntry, Manifest
@@ -136,32 +134,6 @@ def layer_groups(path: Path) -> dict[str, list[str]]:
     return groups
 
 
-INT8_PAYS = 1.1  # int8 must run at least this much faster than float32 to be worth its loss of precision
-
-
-def _speedup(job: ExportJob, float32: Backend, int8: Backend) -> tuple[str, float]:
-    """float32's median time over int8's at batch 8 and the longest bucket up to 128 (a corpus's typical shape),
-    on the threads the export runs with."""
-    seq = max([b for b in job.buckets if b <= 128] or job.buckets[:1])
-    generator = torch.Generator().manual_seed(0)
-    full = {
-        "input_ids": torch.randint(1000, 2000, (8, seq), generator=generator),
-        "attention_mask": torch.ones(8, seq, dtype=torch.long),
-        "token_type_ids": torch.zeros(8, seq, dtype=torch.long),
-    }
-    inputs = tuple(full[name] for name in job.input_names)
-    medians = []
-    for backend in (float32, int8):
-        backend.run(seq, inputs)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            backend.run(seq, inputs)
-            times.append(time.perf_counter() - start)
-        medians.append(statistics.median(times))
-    return f"8x{seq}", medians[0] / medians[1]
-
-
 def session(path: Path, max_length: int, *, threads: int | None, snap: list[int]) -> Backend:
     ort = require_onnxruntime()
     options = ort.SessionOptions()
@@ -229,99 +201,33 @@ class ONNX(Format):
         return "fused with onnxruntime.transformers.optimizer; parity kept"
 
     def _quantize(self, job: ExportJob, entry: FormatEntry, refiner: Refiner) -> dict[str, Any]:
-        """Replace model.onnx with its int8 dynamic quantization, gated on agreement with float32 on real text;
-        when the gate fails, keep the most sensitive layers in float32 until it holds. Then measure how far it
-        lands from float32 and how much faster it runs.
+        """Replace model.onnx with its int8 dynamic quantization, gated on agreement with float32 on real text
+        (int8.search: the most sensitive layer groups stay in float32 until the gate holds). Then measure how far
+        it lands from float32 and how much faster it runs.
 
         The tolerance is measured on one sample of parity cases (seed 1); the parity check that follows uses
         another (seed 0), so a graph that only fits the sample it was measured on still fails.
         """
         path = job.out / FILE
-        kept, agreed, whole, sensitivity, quantized = _gate(job, path, refiner)
+        groups = layer_groups(path)
+        written: list[Path] = []
+
+        def trial(keep: tuple[str, ...]) -> tuple[Any, Path]:
+            out = job.out / f"model.int8.{len(written)}.onnx.tmp"
+            written.append(out)
+            quantize(path, out, exclude=[n for g in keep for n in groups[g]])
+            refiner.use(session(out, job.max_length, threads=None, snap=job.buckets))
+            return refiner.agreement(), out
+
+        gated = int8.search(list(groups), trial, lambda out: out.unlink(missing_ok=True))
         float32 = session(path, job.max_length, threads=None, snap=job.buckets)
-        int8 = session(quantized, job.max_length, threads=None, snap=job.buckets)
-        shape, speedup = _speedup(job, float32, int8)
+        quantized = session(gated.graph, job.max_length, threads=None, snap=job.buckets)
+        pace = int8.speedup(job, float32, quantized)
         del float32
-        quantized.replace(path)  # the int8 session holds the graph in memory: the rename does not touch it
-        refiner.use(int8)
-        tolerance = refiner.measure()
-        cosine = refiner.cosine()
-        report = refiner.check(tolerance=tolerance)
-        report.raise_on_failure(self.name)
-        entry.parity = report.summary()
-        pays = (
-            f"int8 pays on this CPU: {speedup:.2f}x float32"
-            if speedup >= INT8_PAYS
-            else f"int8 does not pay on this CPU ({speedup:.2f}x float32, under {INT8_PAYS}x): export float32"
+        gated.graph.replace(path)  # the int8 session holds the graph in memory: the rename does not touch it
+        refiner.use(quantized)
+        method = (
+            "onnxruntime.quantization.quantize_dynamic: int8 weights per output channel, activations quantized "
+            "per tensor at run time"
         )
-        held = f"; {agreed.metric} {agreed.worst:.5f} >= {agreed.minimum} on real text"
-        if kept:
-            held += f" with {len(kept)} of {len(sensitivity)} layer groups kept in float32 ({', '.join(kept)})"
-        return {
-            "notes": {"int8": pays + held},
-            "precision": {
-                "dtype": "int8",
-                "device": "cpu",
-                "method": "onnxruntime.quantization.quantize_dynamic: int8 weights per output channel, "
-                "activations quantized per tensor at run time",
-                "reference": "the eager model in float32 on cpu",
-                "tolerance": tolerance,
-                "min_cosine": cosine,
-                "gate": {**agreed.summary(), "quantized_whole": round(whole.worst, 7)},
-                "float32_layers": kept,
-                "sensitivity": sensitivity,
-                "speedup_vs_float32": {"shape": shape, "ratio": round(speedup, 3)},
-                "measured_on": "parity cases drawn with seed 1; validated on those with seed 0; speed: ONNX "
-                "Runtime float32 against int8 at one shape, each the median of 5 runs after a warm-up, at export",
-                "rule": f"each output's max abs diff from the float32 reference <= atol ({report.atol:g}) + 1.5 x "
-                "tolerance",
-            },
-        }
-
-
-def _gate(job: ExportJob, path: Path, refiner: Refiner) -> tuple[list[str], Any, Any, dict[str, float], Path]:
-    """Quantize ``path`` whole; when its agreement with float32 is under the gate, measure each layer group's
-    sensitivity (that group alone in int8) and find the fewest most sensitive groups whose staying in float32
-    holds the gate (a bisection over that order). Returns (groups kept in float32, their Agreement, the
-    Agreement quantized whole, each group's sensitivity (empty when none was needed), the quantized graph's
-    path)."""
-    groups = layer_groups(path)
-    trials: dict[tuple[str, ...], tuple[Path, Any]] = {}
-    written: list[Path] = []
-
-    def trial(keep: Sequence[str]) -> Any:
-        out = job.out / f"model.int8.{len(written)}.onnx.tmp"
-        written.append(out)
-        quantize(path, out, exclude=[n for g in keep for n in groups[g]])
-        refiner.use(session(out, job.max_length, threads=None, snap=job.buckets))
-        trials[tuple(keep)] = (out, refiner.agreement())
-        return trials[tuple(keep)][1]
-
-    sensitivity: dict[str, float] = {}
-    chosen: tuple[str, ...] = ()
-    if not trial(()).holds():
-        for g in groups:
-            sensitivity[g] = round(trial([h for h in groups if h != g]).worst, 7)
-        order = sorted(groups, key=lambda g: sensitivity[g])  # the group that alone moves the results most first
-        lo, hi, best = 1, len(order) - 1, None
-        while lo <= hi:
-            k = (lo + hi) // 2
-            if trial(order[:k]).holds():
-                best, hi = k, k - 1
-            else:
-                lo = k + 1
-        if best is None:
-            whole = trials[()][1]
-            for out in written:
-                out.unlink(missing_ok=True)
-            raise OptionsError(
-                f"int8 cannot hold the gate: {whole.metric} to float32 on real text is {whole.worst:.4f} quantized "
-                f"whole, under {whole.minimum}, and still under it with all but one of {len(groups)} layer groups "
-                "kept in float32; export float32 (--dtype float32), or lower the gate (--min-cosine / --min-top1)"
-            )
-        chosen = tuple(order[:best])
-    quantized, agreed = trials[chosen]
-    for out in written:
-        if out != quantized:
-            out.unlink(missing_ok=True)
-    return list(chosen), agreed, trials[()][1], sensitivity, quantized
+        return int8.finish(self.name, job, entry, refiner, gated, method=method, pace=pace, measured_on="ONNX Runtime")

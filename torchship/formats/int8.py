@@ -1,0 +1,150 @@
+"""int8, shared by the formats that quantize: ONNX (ONNX Runtime's ``quantize_dynamic``) and AOTInductor (torchao's
+PT2E flow). Both quantize dynamically (int8 weights per output channel, activations per tensor at run time) and
+differ only in how a graph is quantized with some layer groups left in float32.
+
+``search`` is the gate: quantized whole, the graph's agreement with float32 on real text (validate.Judge) must
+hold the export's minimum; when it does not, each layer group is quantized alone to measure its sensitivity,
+and a bisection over that order finds the fewest most sensitive groups whose staying in float32 holds it.
+``finish`` measures where the chosen graph lands (tolerance, cosine, parity), whether int8 pays on this CPU,
+and returns what the manifest records.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..errors import OptionsError
+
+if TYPE_CHECKING:
+    from ..artifact import FormatEntry
+    from . import Backend, ExportJob, Refiner
+
+T = TypeVar("T")
+PAYS = 1.1  # int8 must run at least this much faster than float32 to be worth its loss of precision
+
+
+@dataclass
+class Gated(Generic[T]):
+    """What the gate chose: the groups kept in float32 (most sensitive first), the chosen graph and its
+    agreement, the agreement quantized whole, and each group's sensitivity (its agreement quantized alone;
+    empty when the whole graph held)."""
+
+    kept: tuple[str, ...]
+    graph: T
+    agreed: Any  # validate.Agreement
+    whole: Any
+    sensitivity: dict[str, float]
+
+
+def search(
+    groups: Sequence[str], trial: Callable[[tuple[str, ...]], tuple[Any, T]], discard: Callable[[T], None]
+) -> Gated[T]:
+    """Run the gate. ``trial(keep)`` quantizes every group but ``keep`` and returns (its validate.Agreement, the
+    graph); ``discard`` drops a graph that was not chosen. An OptionsError, with every graph discarded, when
+    even all but one group kept in float32 does not hold the gate."""
+    trials: dict[tuple[str, ...], tuple[Any, T]] = {}
+
+    def holds(keep: Sequence[str]) -> bool:
+        if tuple(keep) not in trials:
+            trials[tuple(keep)] = trial(tuple(keep))
+        return bool(trials[tuple(keep)][0].holds())
+
+    sensitivity: dict[str, float] = {}
+    kept: tuple[str, ...] | None = ()
+    if not holds(()):
+        for g in groups:
+            holds([h for h in groups if h != g])
+            sensitivity[g] = round(trials[tuple(h for h in groups if h != g)][0].worst, 7)
+        order = sorted(groups, key=lambda g: sensitivity[g])  # the group that alone moves the results most first
+        lo, hi, kept = 1, len(order) - 1, None
+        while lo <= hi:
+            k = (lo + hi) // 2
+            if holds(order[:k]):
+                kept, hi = tuple(order[:k]), k - 1
+            else:
+                lo = k + 1
+    whole = trials[()][0]
+    for keep, (_, graph) in trials.items():
+        if keep != kept:
+            discard(graph)
+    if kept is None:
+        raise OptionsError(
+            f"int8 cannot hold the gate: {whole.metric} to float32 on real text is {whole.worst:.4f} quantized "
+            f"whole, under {whole.minimum}, and still under it with all but one of {len(groups)} layer groups "
+            "kept in float32; export float32 (--dtype float32), or lower the gate (--min-cosine / --min-top1)"
+        )
+    agreed, graph = trials[kept]
+    return Gated(kept, graph, agreed, whole, sensitivity)
+
+
+def speedup(job: ExportJob, float32: Backend, int8: Backend) -> tuple[str, float]:
+    """float32's median time over int8's at batch 8 and the longest bucket up to 128 (a corpus's typical shape),
+    on the threads the export runs with."""
+    import torch
+
+    seq = max([b for b in job.buckets if b <= 128] or job.buckets[:1])
+    generator = torch.Generator().manual_seed(0)
+    full = {
+        "input_ids": torch.randint(1000, 2000, (8, seq), generator=generator),
+        "attention_mask": torch.ones(8, seq, dtype=torch.long),
+        "token_type_ids": torch.zeros(8, seq, dtype=torch.long),
+    }
+    inputs = tuple(full[name] for name in job.input_names)
+    medians = []
+    with torch.inference_mode():
+        for backend in (float32, int8):
+            backend.run(seq, inputs)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                backend.run(seq, inputs)
+                times.append(time.perf_counter() - start)
+            medians.append(statistics.median(times))
+    return f"8x{seq}", medians[0] / medians[1]
+
+
+def finish(
+    name: str, job: ExportJob, entry: FormatEntry, refiner: Refiner, gated: Gated[Any], *, method: str,
+    pace: tuple[str, float], measured_on: str,
+) -> dict[str, Any]:  # fmt: skip
+    """With the chosen int8 graph in use (``refiner.use``): measure its drift from float32, hold it to parity at
+    that tolerance, and return the export's notes and the manifest's ``precision``."""
+    tolerance = refiner.measure()
+    cosine = refiner.cosine()
+    report = refiner.check(tolerance=tolerance)
+    report.raise_on_failure(name)
+    entry.parity = report.summary()
+    shape, ratio = pace
+    pays = (
+        f"int8 pays on this CPU: {ratio:.2f}x float32"
+        if ratio >= PAYS
+        else f"int8 does not pay on this CPU ({ratio:.2f}x float32, under {PAYS}x): export float32"
+    )
+    agreed = gated.agreed
+    held = f"; {agreed.metric} {agreed.worst:.5f} >= {agreed.minimum} on real text"
+    if gated.kept:
+        groups = f"{len(gated.kept)} of {len(gated.sensitivity)} layer groups"
+        held += f" with {groups} kept in float32 ({', '.join(gated.kept)})"
+    return {
+        "notes": {"int8": pays + held},
+        "precision": {
+            "dtype": "int8",
+            "device": "cpu",
+            "method": method,
+            "reference": "the eager model in float32 on cpu",
+            "tolerance": tolerance,
+            "min_cosine": cosine,
+            "gate": {**agreed.summary(), "quantized_whole": round(gated.whole.worst, 7)},
+            "float32_layers": list(gated.kept),
+            "sensitivity": gated.sensitivity,
+            "speedup_vs_float32": {"shape": shape, "ratio": round(ratio, 3)},
+            "measured_on": "parity cases drawn with seed 1; validated on those with seed 0; speed: "
+            f"{measured_on} float32 against int8 at one shape, each the median of 5 runs after a warm-up, at export",
+            "rule": f"each output's max abs diff from the float32 reference <= atol ({report.atol:g}) + 1.5 x "
+            "tolerance",
+        },
+    }

@@ -24,13 +24,15 @@ from typing import Any
 
 import peers
 
+POW2 = (16, 32, 64, 128, 256)  # the first default's buckets
 GEOMETRIC = (16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256)  # each edge at most 1.5x the one before
+PADDED = {"unpad": False}  # the candidates measured before padding-free dense layers became the default
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "ts-pow2": {"formats": ("torchscript",)},  # the default until now
-    "ts-geo": {"formats": ("torchscript",), "seq_lengths": GEOMETRIC},
-    "ts+onnx-pow2": {"formats": ("torchscript", "onnx")},
-    "ts+onnx-geo": {"formats": ("torchscript", "onnx"), "seq_lengths": GEOMETRIC},  # the default now
-    "ts+onnx-geo-unpad": {"formats": ("torchscript", "onnx"), "seq_lengths": GEOMETRIC, "unpad": True},
+    "ts-pow2": {"formats": ("torchscript",), "seq_lengths": POW2, **PADDED},  # the first default
+    "ts-geo": {"formats": ("torchscript",), "seq_lengths": GEOMETRIC, **PADDED},
+    "ts+onnx-pow2": {"formats": ("torchscript", "onnx"), "seq_lengths": POW2, **PADDED},
+    "ts+onnx-geo": {"formats": ("torchscript", "onnx"), "seq_lengths": GEOMETRIC, **PADDED},  # the second
+    "ts+onnx-geo-unpad": {"formats": ("torchscript", "onnx"), "seq_lengths": GEOMETRIC, "unpad": True},  # now
 }
 
 

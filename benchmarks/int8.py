@@ -1,9 +1,11 @@
-"""int8 (ONNX Runtime dynamic quantization) against float32, on the whole corpus, in one run.
+"""int8 (ONNX Runtime's dynamic quantization, torchao's PT2E for AOTInductor) against float32, on the whole corpus,
+in one run.
 
     python benchmarks/int8.py [--threads 2] [--rounds 3] [--output benchmarks/results/int8.json]
 
-Exports all-MiniLM-L6-v2 four ways (float32 ONNX, float32 AOTInductor, int8 ONNX under the default gate, and
-int8 ONNX quantized whole: a gate it holds; default buckets), then embeds the corpus end to end (tokenization
+Exports all-MiniLM-L6-v2 five ways (float32 ONNX, float32 AOTInductor, int8 ONNX and int8 AOTInductor under the
+default gate, and int8 ONNX quantized whole: a gate it holds; default buckets; int8 AOTInductor needs the int8
+extra, torchao), then embeds the corpus end to end (tokenization
 included) with each, alternating contenders for ``--rounds`` rounds on the same threads. Prints median seconds,
 each int8 artifact's speed-up over each float32 format, the artifact sizes, the export seconds, the layers the
 gate kept in float32, and the cosine of every int8 embedding against float32 ONNX. The corpus is not what the
@@ -44,6 +46,7 @@ def main() -> int:
         "float32 aoti": torchship.ExportOptions(formats=("aoti",)),
         "int8 onnx": torchship.ExportOptions(formats=("onnx",), dtype="int8"),
         "int8 onnx whole": torchship.ExportOptions(formats=("onnx",), dtype="int8", min_cosine=0.5),
+        "int8 aoti": torchship.ExportOptions(formats=("aoti",), dtype="int8"),
     }
     predictors = {}
     sizes = {}

@@ -27,7 +27,9 @@ def test_manifest_records_what_the_issue_asks(demo_artifact: Path) -> None:
     assert m["torchship_version"] == torchship.__version__
     assert m["transformers_version"].startswith("5.")
     assert m["task"] == "feature-extraction"
-    assert m["architecture"] == {"model_type": "bert", "class": "BertModel", "attn_implementation": "eager"}
+    assert m["architecture"] == {
+        "model_type": "bert", "class": "BertModel", "attn_implementation": "eager", "dense_layers": "real tokens only"
+    }  # fmt: skip
     assert m["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert m["outputs"] == ["last_hidden_state", "pooler_output"]
     assert m["dtype"] == "float32"

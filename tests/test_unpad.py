@@ -1,4 +1,4 @@
-"""--unpad: padding-free dense layers inside the exported graph (torchship/unpad.py)."""
+"""Padding-free dense layers inside the exported graph (torchship/unpad.py): the default where it applies."""
 
 from __future__ import annotations
 
@@ -17,41 +17,35 @@ from torchship import unpad
 TEXTS = ["Jim Henson was a puppeteer in New York.", "hi", "the muppets were filmed in london studios for many years"]
 
 
-@pytest.mark.parametrize(
-    ("family", "task"),
-    [
-        ("bert", "feature-extraction"),
-        ("roberta", "text-classification"),
-        ("electra", "token-classification"),
-        ("xlm-roberta", "fill-mask"),
-    ],
-)
-def test_unpadded_export_matches_the_eager_model_in_torchscript_and_onnx(
-    family: str, task: str, demo_dir: Path, tmp_path: Path
-) -> None:
-    src = _save(tmp_path / "model", family, task, demo_dir)
-    options = torchship.ExportOptions(
-        formats=("torchscript", "onnx"), seq_lengths=(8, 32), unpad=True, timing_budget_s=0
-    )  # routing is not what this tests: the formats are timed at their cheapest point only
-    art = torchship.export(src, tmp_path / "art", options)
-    manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["architecture"]["dense_layers"] == "real tokens only (--unpad)"
-    assert all(e["parity"]["passed"] for entries in manifest["formats"].values() for e in entries)
-    eager = _eager(src, task)
-    predictor = torchship.load(art)
-    encoded = predictor.encode(TEXTS)
-    padded = predictor.engine.pad_rows(encoded, list(range(len(TEXTS))), 32)
-    with torch.no_grad():
-        want = eager(**{n: padded[n] for n in predictor.input_names})
-    real = padded["attention_mask"].bool()
-    for fmt in ("torchscript", "onnx"):
-        got = predictor.run(padded["input_ids"], padded["attention_mask"], padded.get("token_type_ids"), format=fmt)
-        for name, value in got.items():
-            expected = want[name].numpy()
-            if expected.ndim >= 2 and expected.shape[1] == real.shape[1]:  # per-token: real positions only
-                np.testing.assert_allclose(value[real.numpy()], expected[real.numpy()], atol=1e-4, err_msg=fmt)
-            else:
-                np.testing.assert_allclose(value, expected, atol=1e-4, err_msg=fmt)
+def test_padding_free_by_default_and_the_padded_layout_on_request(demo_dir: Path, tmp_path: Path) -> None:
+    """The default exports BERT-layout encoders padding-free (the architecture matrix checks it on BERT, RoBERTa,
+    XLM-R and ELECTRA, every task, every format); ``unpad=False`` keeps the padded layout. Both match the eager
+    model on real positions."""
+    src = _save(tmp_path / "model", "roberta", "text-classification", demo_dir)
+    fields = {"formats": ("torchscript", "onnx"), "seq_lengths": (8, 32), "timing_budget_s": 0}  # routing: not here
+    default = torchship.export(src, tmp_path / "default", torchship.ExportOptions(**fields))  # type: ignore[arg-type]
+    padded = torchship.export(src, tmp_path / "padded", torchship.ExportOptions(**fields, unpad=False))  # type: ignore[arg-type]
+    eager = _eager(src, "text-classification")
+    for art, layout in ((default, "real tokens only"), (padded, "padded")):
+        manifest = json.loads((art / "manifest.json").read_text())
+        assert manifest["architecture"]["dense_layers"] == layout
+        assert all(e["parity"]["passed"] for entries in manifest["formats"].values() for e in entries)
+        predictor = torchship.load(art)
+        encoded = predictor.encode(TEXTS)
+        inputs = predictor.engine.pad_rows(encoded, list(range(len(TEXTS))), 32)
+        with torch.no_grad():
+            want = eager(**{n: inputs[n] for n in predictor.input_names})["logits"].numpy()
+        for fmt in ("torchscript", "onnx"):
+            got = predictor.run(inputs["input_ids"], inputs["attention_mask"], format=fmt)["logits"]
+            np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"{layout} {fmt}")
+
+
+def test_unpad_needs_formats_that_take_shapes_from_the_data() -> None:
+    with pytest.raises(torchship.OptionsError, match="format 'neuron' traces static shapes: export it without --unpad"):
+        torchship.ExportOptions(formats=("neuron",), unpad=True)
+    with pytest.raises(torchship.OptionsError, match="unpad must be True, False or None"):
+        torchship.ExportOptions(unpad="yes")  # type: ignore[arg-type]
+    assert torchship.ExportOptions(formats=("neuron",)).unpad is None  # the default: where it applies
 
 
 def test_dense_layers_run_on_real_tokens_only(demo_dir: Path) -> None:
@@ -76,15 +70,14 @@ def test_dense_layers_run_on_real_tokens_only(demo_dir: Path) -> None:
     assert counts["aten.bmm"] == 4 * batch * seq * seq * h * layers  # attention: the padded layout
 
 
-def test_unpadded_aoti_matches_at_untraced_shapes(
-    tiny_bert_dir: Path, tiny_bert_artifact: Path, tmp_path: Path, aoti_cache: Path
-) -> None:
+def test_unpadded_aoti_matches_at_untraced_shapes(tiny_bert_dir: Path, tmp_path: Path, aoti_cache: Path) -> None:
     options = torchship.ExportOptions(formats=("aoti",), seq_lengths=(8, 32), unpad=True, cache_dir=aoti_cache)
     art = torchship.export(tiny_bert_dir, tmp_path / "art", options)
     (entry,) = json.loads((art / "manifest.json").read_text())["formats"]["aoti"]
     assert entry["parity"]["passed"] is True
     # the same checkpoint exported padded (TorchScript): the same embeddings
-    np.testing.assert_allclose(torchship.load(art)(TEXTS), torchship.load(tiny_bert_artifact)(TEXTS), atol=1e-5)
+    padded = torchship.export(tiny_bert_dir, tmp_path / "padded", torchship.ExportOptions(formats=TS, unpad=False))
+    np.testing.assert_allclose(torchship.load(art)(TEXTS), torchship.load(padded)(TEXTS), atol=1e-5)
 
 
 def test_unpad_refuses_other_layouts(demo_dir: Path, tmp_path: Path) -> None:

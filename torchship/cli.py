@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         help="attention to trace (default: the family's measured choice)",
     )
     p.add_argument(
-        "--unpad", action="store_true", help="dense layers on real tokens only, inside the graph (BERT-layout encoders)"
+        "--unpad",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dense layers on real tokens only, inside the graph (default: wherever it applies, BERT-layout "
+        "encoders in formats other than neuron; --no-unpad keeps the padded layout)",
     )
     p.add_argument(
         "--dtype",

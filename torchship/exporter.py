@@ -6,6 +6,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -113,13 +114,16 @@ def _build(
     else:
         # every format covers max_length: a --max-length above the largest bucket is a bucket of its own
         buckets = sorted({min(s, max_length) for s in options.seq_lengths} | {max_length})
+    unpadded = options.unpad  # None: wherever the layout and every format allow it (measured: README, "--unpad")
+    if unpadded is None:
+        unpadded = unpad.base_of(model) is not None and all(formats.get(f).unpads for f in options.formats)
     manifest = artifact.Manifest(
         task=task.name,
         architecture={
             "model_type": config.model_type,
             "class": type(loaded.model).__name__,
             "attn_implementation": str(loaded.model.config._attn_implementation),
-            **({"dense_layers": "real tokens only (--unpad)"} if options.unpad else {}),
+            "dense_layers": "real tokens only" if unpadded else "padded",
         },
         inputs=list(input_names),
         outputs=list(output_names),
@@ -140,8 +144,8 @@ def _build(
         default_prompt_name=st["default_prompt_name"] if task.takes_prompts else None,
         **task.export_info(config, st),
     )
-    # --unpad: dense layers on real tokens only; parity is still checked against the unchanged eager model
-    wrapper = ExportWrapper(unpad.unpadded(model) if options.unpad else model, input_names, output_names).eval()
+    # dense layers on real tokens only; parity is still checked against the unchanged eager model
+    wrapper = ExportWrapper(unpad.unpadded(model) if unpadded else model, input_names, output_names).eval()
     examples = {}
     for seq in buckets:  # batch_size rows, padding inside the batch; row 0 fills the bucket
         lengths = validate.case_lengths(buckets, seq, options.batch_size, seed=1)
@@ -391,18 +395,27 @@ def summarize_warnings(seen: list[warnings.WarningMessage]) -> list[dict[str, An
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' logger and weight-loading bars while loading; restore afterwards."""
+    """Silence transformers' logger and weight-loading bars while loading; restore afterwards. Where torchao is
+    installed (the int8 extra), transformers imports it while loading, and torchao logs that its kernels for other
+    platforms do not load: quiet too."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    torchao = logging.getLogger("torchao")
+    level = torchao.level
+    torchao.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # torchao 0.18's sources, compiled on first import (SyntaxWarning from Python 3.12)
+            warnings.filterwarnings("ignore", "invalid escape sequence", DeprecationWarning)
+            warnings.filterwarnings("ignore", "invalid escape sequence", SyntaxWarning)
             yield
     finally:
+        torchao.setLevel(level)
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]

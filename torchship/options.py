@@ -51,7 +51,9 @@ class ExportOptions:
     for onnx, torchao's PT2E for aoti (the int8 extra).
     Either way the drift from float32 is measured and recorded as ``manifest["precision"]``.
     ``atol`` and ``attn_implementation`` default to the architecture's ``ArchSpec`` (its measured choice).
-    ``unpad`` runs the dense layers on real tokens only, inside the graph (BERT-layout encoders; torchship/unpad.py).
+    ``unpad`` runs the dense layers on real tokens only, inside the graph (torchship/unpad.py); None (the default)
+    does so wherever it can: BERT-layout encoders (BERT, RoBERTa, XLM-R, ELECTRA), in formats that take shapes
+    that depend on the data (all but Neuron). False keeps the padded layout.
     An int8 export is gated on its agreement with float32 on real text (validate.Judge): the lowest cosine
     similarity of embeddings (``min_cosine``, for feature extraction and sparse embeddings) or the share of top-1
     choices kept (``min_top1``: labels, tokens, spans); when the gate fails, the most sensitive layers stay in
@@ -77,7 +79,7 @@ class ExportOptions:
     device: str = "cpu"
     dtype: str = "float32"
     attn_implementation: str | None = None
-    unpad: bool = False
+    unpad: bool | None = None
     min_cosine: float = 0.995
     min_top1: float = 0.99
     gate_texts: Path | None = None
@@ -123,6 +125,14 @@ class ExportOptions:
             raise OptionsError(f"dtype {self.dtype!r} is not supported; choose one of: {', '.join(DTYPES)}")
         for fmt in self.formats:
             formats.get(fmt).check(self)
+        if self.unpad not in (None, True, False):
+            raise OptionsError(f"unpad must be True, False or None (where it applies), got {self.unpad!r}")
+        static = [f for f in self.formats if not formats.get(f).unpads]
+        if self.unpad and static:
+            raise OptionsError(
+                f"unpad (padding-free dense layers) needs shapes that depend on the data; format {static[0]!r} "
+                "traces static shapes: export it without --unpad"
+            )
         if len(set(self.formats)) != len(self.formats):
             raise OptionsError(f"formats {list(self.formats)} repeats a format; list each once")
         if not self.seq_lengths:

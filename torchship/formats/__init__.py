@@ -128,6 +128,7 @@ class Format:
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float16", "bfloat16")
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     triton_platform: ClassVar[str | None] = None  # the Triton platform that serves this format's file natively
+    unpads: ClassVar[bool] = True  # takes shapes that depend on the data (the real tokens: ExportOptions.unpad)
 
     def fits(self, options: ExportOptions) -> bool:
         """Whether this format can be exported in ``options``' dtype on its device."""

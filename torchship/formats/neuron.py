@@ -53,6 +53,7 @@ class Neuron(Format):
     file = "model.neuron.seq_{seq}.pt"
     static = True
     devices = ("cpu",)  # traced on the host; the compiled graphs run on the NeuronCores
+    unpads = False  # Neuron compiles static shapes only
 
     def require(self) -> None:
         require_sdk()

@@ -49,7 +49,7 @@ test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -n 2 --dist loadgroup  # both cores; tests/conftest.py keeps each module (or family) on one worker
+	$(PY) -m pytest -n 3 --dist loadgroup  # tests/conftest.py: one worker more than cores, each module on one worker
 
 # The libtorch consumer: links the libtorch inside the torch wheel (installed into .venv first, so it works on a
 # fresh clone); installs cmake, nlohmann-json and OpenSSL's headers from Debian if missing.

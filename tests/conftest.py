@@ -17,7 +17,8 @@ import torchship
 def _share_the_cores() -> None:
     """Each pytest-xdist worker gets its share of the cores, for torch here and (through the environment) for the
     servers and jobs it starts: two workers on 2 cores that each run 2 intra-op threads oversubscribe the machine,
-    and their OpenMP threads spin against each other."""
+    and their OpenMP threads spin against each other. `make test` runs one worker more than cores (3 on 2): much of
+    a worker's time is spent waiting on servers, Ray, subprocesses and compilers, which a third worker fills."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         share = max(1, (os.cpu_count() or 1) // workers)
@@ -144,7 +145,7 @@ def copy_artifact(src: Path, dst: Path) -> Path:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which suffixes each node id with its group
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs on 2 pytest-xdist workers with --dist loadgroup: each test module stays on one worker (its
+    """`make test` runs on 3 pytest-xdist workers with --dist loadgroup: each test module stays on one worker (its
     module-scoped fixtures, such as compiled artifacts and a local Ray, are built once), except where a test
     names a finer group (the architecture matrix groups by family)."""
     for item in items:

@@ -19,7 +19,7 @@ TASKS = task_names()
 
 def _grouped(family: str, *rest: str):  # noqa: ANN202
     """A parameter set that pytest-xdist's loadgroup keeps on one worker with its family's other tests, so each
-    (family, task) artifact is exported once (`make test` runs this module on 2 workers)."""
+    (family, task) artifact is exported once (`make test` runs this module on several workers)."""
     return pytest.param(family, *rest, marks=pytest.mark.xdist_group(family))
 
 

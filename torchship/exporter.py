@@ -116,7 +116,7 @@ def _build(
         buckets = sorted({min(s, max_length) for s in options.seq_lengths} | {max_length})
     unpadded = options.unpad  # None: wherever the layout and every format allow it (measured: README, "--unpad")
     if unpadded is None:
-        unpadded = unpad.base_of(model) is not None and all(formats.get(f).unpads for f in options.formats)
+        unpadded = unpad.base_of(model) is not None and not any(formats.get(f).unpads(options) for f in options.formats)
     manifest = artifact.Manifest(
         task=task.name,
         architecture={

@@ -53,7 +53,8 @@ class ExportOptions:
     ``atol`` and ``attn_implementation`` default to the architecture's ``ArchSpec`` (its measured choice).
     ``unpad`` runs the dense layers on real tokens only, inside the graph (torchship/unpad.py); None (the default)
     does so wherever it can: BERT-layout encoders (BERT, RoBERTa, XLM-R, ELECTRA), in formats that take shapes
-    that depend on the data (all but Neuron). False keeps the padded layout.
+    that depend on the data (all but Neuron), except ONNX in int8 (``Format.unpads``). False keeps the padded
+    layout.
     An int8 export is gated on its agreement with float32 on real text (validate.Judge): the lowest cosine
     similarity of embeddings (``min_cosine``, for feature extraction and sparse embeddings) or the share of top-1
     choices kept (``min_top1``: labels, tokens, spans); when the gate fails, the most sensitive layers stay in
@@ -127,11 +128,10 @@ class ExportOptions:
             formats.get(fmt).check(self)
         if self.unpad not in (None, True, False):
             raise OptionsError(f"unpad must be True, False or None (where it applies), got {self.unpad!r}")
-        static = [f for f in self.formats if not formats.get(f).unpads]
-        if self.unpad and static:
+        why = [w for w in (formats.get(f).unpads(self) for f in self.formats) if w]
+        if self.unpad and why:
             raise OptionsError(
-                f"unpad (padding-free dense layers) needs shapes that depend on the data; format {static[0]!r} "
-                "traces static shapes: export it without --unpad"
+                f"unpad (padding-free dense layers) does not apply here: {why[0]}; export without --unpad"
             )
         if len(set(self.formats)) != len(self.formats):
             raise OptionsError(f"formats {list(self.formats)} repeats a format; list each once")

@@ -128,11 +128,15 @@ class Format:
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float16", "bfloat16")
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     triton_platform: ClassVar[str | None] = None  # the Triton platform that serves this format's file natively
-    unpads: ClassVar[bool] = True  # takes shapes that depend on the data (the real tokens: ExportOptions.unpad)
 
     def fits(self, options: ExportOptions) -> bool:
         """Whether this format can be exported in ``options``' dtype on its device."""
         return options.dtype in self.dtypes and options.device.split(":")[0] in self.devices
+
+    def unpads(self, options: ExportOptions) -> str | None:
+        """Why this format cannot be exported with padding-free dense layers in ``options`` (ExportOptions.unpad),
+        or None when it can."""
+        return None
 
     def check(self, options: ExportOptions) -> None:
         """An OptionsError when this format cannot be exported with ``options`` (dtype, device)."""

@@ -19,6 +19,7 @@ from . import Backend, ExportJob, Format, Target, register
 
 if TYPE_CHECKING:
     from ..artifact import FormatEntry, Manifest
+    from ..options import ExportOptions
 
 SDK_HELP = (
     "format 'neuron' needs the AWS Neuron SDK, and none is importable here: install torch-neuronx (with "
@@ -53,7 +54,9 @@ class Neuron(Format):
     file = "model.neuron.seq_{seq}.pt"
     static = True
     devices = ("cpu",)  # traced on the host; the compiled graphs run on the NeuronCores
-    unpads = False  # Neuron compiles static shapes only
+
+    def unpads(self, options: ExportOptions) -> str | None:
+        return "format 'neuron' compiles static shapes, and padding-free layers take their shapes from the data"
 
     def require(self) -> None:
         require_sdk()

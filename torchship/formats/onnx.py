@@ -165,6 +165,14 @@ class ONNX(Format):
             f"{options.device}); use torchscript or aoti for float16, bfloat16 and CUDA"
         )
 
+    def unpads(self, options: ExportOptions) -> str | None:
+        if options.dtype == "int8":  # IntegerOps quantizes MatMul; a padding-free linear (2-D) exports as Gemm
+            return (
+                "ONNX Runtime's dynamic int8 quantizes MatMul, and padding-free linear layers export as Gemm, which "
+                "it leaves in float32"
+            )
+        return None
+
     def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
         return export_graph(
             job.wrapper, job.dynamic_example(), job.input_names, job.output_names, job.max_length, job.out / FILE

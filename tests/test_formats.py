@@ -102,19 +102,25 @@ def test_files_load_without_torchship(all_formats: Path) -> None:
     np.testing.assert_allclose(session.run(["pooler_output"], feed)[0], out[1].numpy(), atol=1e-5)
 
 
-def test_compiled_package_is_reused_from_the_cache(
-    all_formats: Path, tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cache = Path(_manifest(all_formats)["export"]["options"]["cache_dir"])
-    (cached,) = [p for p in (cache / "aoti").glob("*.pt2") if (all_formats / aoti.FILE).read_bytes() == p.read_bytes()]
-    compiles: list[object] = []
+@pytest.fixture
+def compiles(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every AOTInductor compile this test makes (the real one runs)."""
+    made: list[object] = []
     real = torch._inductor.aoti_compile_and_package
 
     def counted(*args: object, **kwargs: object) -> object:
-        compiles.append(args)
+        made.append(args)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", counted)
+    return made
+
+
+def test_compiled_package_is_reused_from_the_cache(
+    all_formats: Path, tiny_bert_dir: Path, tmp_path: Path, compiles: list[object]
+) -> None:
+    cache = Path(_manifest(all_formats)["export"]["options"]["cache_dir"])
+    (cached,) = [p for p in (cache / "aoti").glob("*.pt2") if (all_formats / aoti.FILE).read_bytes() == p.read_bytes()]
     options = torchship.ExportOptions(formats=("aoti",), seq_lengths=(8, 32), cache_dir=cache)
     again = torchship.export(tiny_bert_dir, tmp_path / "again", options)
     assert not compiles  # the package came from the cache
@@ -123,22 +129,14 @@ def test_compiled_package_is_reused_from_the_cache(
 
 
 def test_int8_aoti_quantizes_the_validated_float32_package_with_torchao(
-    all_formats: Path, tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    all_formats: Path, tiny_bert_dir: Path, tmp_path: Path, compiles: list[object]
 ) -> None:
     from tests.conftest import corpus_texts
 
     cache = Path(_manifest(all_formats)["export"]["options"]["cache_dir"])
-    compiled: list[object] = []
-    real = torch._inductor.aoti_compile_and_package
-
-    def counted(*args: object, **kwargs: object) -> object:
-        compiled.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", counted)
     options = torchship.ExportOptions(formats=("aoti",), seq_lengths=(8, 32), dtype="int8", cache_dir=cache)
     art = torchship.export(tiny_bert_dir, tmp_path / "int8", options)
-    assert len(compiled) == 1  # the float32 package came from the float32 export's cache; int8 is compiled once
+    assert len(compiles) == 1  # the float32 package came from the float32 export's cache; int8 is compiled once
     m = _manifest(art)
     precision = m["precision"]
     assert precision["dtype"] == "int8"

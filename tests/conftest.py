@@ -102,6 +102,13 @@ def _export_once(factory: pytest.TempPathFactory, name: str, export: Callable[[P
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_package_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Packages compiled without an explicit cache_dir go to this run's directory, not ~/.cache/torchship (the
+    CLI and servers the tests start inherit it)."""
+    os.environ.setdefault("TORCHSHIP_CACHE", str(_run_dir(tmp_path_factory) / "torchship-cache"))
+
+
 @pytest.fixture(scope="session")
 def aoti_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One compiled-package cache for the whole run, shared by the workers: modules that compile the same model

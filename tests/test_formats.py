@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,9 @@ def test_compiled_package_is_reused_from_the_cache(
     assert not compiles  # the package came from the cache
     assert (again / aoti.FILE).read_bytes() == cached.read_bytes()
     assert _manifest(again)["formats"]["aoti"][0]["parity"]["passed"] is True
+    moved = shutil.copytree(tiny_bert_dir, tmp_path / "moved")  # the same checkpoint elsewhere: the same package
+    torchship.export(moved, tmp_path / "moved-art", options)
+    assert not compiles
 
 
 def test_int8_aoti_quantizes_the_validated_float32_package_with_torchao(

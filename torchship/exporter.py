@@ -262,7 +262,7 @@ def _cache_key(manifest: artifact.Manifest, config: Any, quantized: bool = False
 
     keyed = {
         "weights": manifest.source["weights_sha256"],
-        "config": config.to_dict(),
+        "config": {k: v for k, v in config.to_dict().items() if k != "_name_or_path"},  # where it lies: not keyed
         "task": manifest.task,
         "architecture": manifest.architecture,  # the attention implementation traced
         "pooling": manifest.pooling,  # SPLADE pools inside the graph

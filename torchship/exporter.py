@@ -402,8 +402,8 @@ def _quiet_transformers() -> Iterator[None]:
 
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     torchao = logging.getLogger("torchao")
     level = torchao.level
     torchao.setLevel(logging.ERROR)
@@ -418,7 +418,7 @@ def _quiet_transformers() -> Iterator[None]:
         torchao.setLevel(level)
         hf_logging.set_verbosity(verbosity)
         if bars:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+            hf_logging.enable_progress_bar()
 
 
 def validate_artifact(

@@ -106,30 +106,48 @@ def test_files_load_without_torchship(all_formats: Path) -> None:
 @pytest.fixture
 def compiles(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Every AOTInductor compile this test makes (the real one runs)."""
+    return _counted(monkeypatch, torch._inductor, "aoti_compile_and_package")
+
+
+@pytest.fixture
+def onnx_exports(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every ONNX export this test makes (the real one runs)."""
+    return _counted(monkeypatch, torch.onnx, "export")
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[object]:
     made: list[object] = []
-    real = torch._inductor.aoti_compile_and_package
+    real = getattr(owner, name)
 
     def counted(*args: object, **kwargs: object) -> object:
         made.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", counted)
+    monkeypatch.setattr(owner, name, counted)
     return made
 
 
-def test_compiled_package_is_reused_from_the_cache(
-    all_formats: Path, tiny_bert_dir: Path, tmp_path: Path, compiles: list[object]
+def test_exported_graphs_and_compiled_packages_are_reused_from_the_cache(
+    all_formats: Path, tiny_bert_dir: Path, tmp_path: Path, compiles: list[object], onnx_exports: list[object]
 ) -> None:
     cache = Path(_manifest(all_formats)["export"]["options"]["cache_dir"])
     (cached,) = [p for p in (cache / "aoti").glob("*.pt2") if (all_formats / aoti.FILE).read_bytes() == p.read_bytes()]
-    options = torchship.ExportOptions(formats=("aoti",), seq_lengths=(8, 32), cache_dir=cache)
+    assert (cache / "onnx" / (cached.stem + ".onnx")).is_file()  # the raw graph, under the same key
+    options = torchship.ExportOptions(formats=("aoti", "onnx"), seq_lengths=(8, 32), cache_dir=cache)
     again = torchship.export(tiny_bert_dir, tmp_path / "again", options)
-    assert not compiles  # the package came from the cache
+    assert (compiles, onnx_exports) == ([], [])  # the package and the graph came from the cache
     assert (again / aoti.FILE).read_bytes() == cached.read_bytes()
-    assert _manifest(again)["formats"]["aoti"][0]["parity"]["passed"] is True
-    moved = shutil.copytree(tiny_bert_dir, tmp_path / "moved")  # the same checkpoint elsewhere: the same package
+    assert (again / onnx.FILE).read_bytes() == (all_formats / onnx.FILE).read_bytes()  # fused alike
+    m = _manifest(again)
+    assert m["formats"]["aoti"][0]["parity"]["passed"] is m["formats"]["onnx"][0]["parity"]["passed"] is True
+    moved = shutil.copytree(tiny_bert_dir, tmp_path / "moved")  # the same checkpoint elsewhere: the same files
     torchship.export(moved, tmp_path / "moved-art", options)
-    assert not compiles
+    assert (compiles, onnx_exports) == ([], [])
+    before = set((cache / "onnx").glob("*.onnx"))
+    padded = dataclasses.replace(options, formats=("onnx",), unpad=False)  # another graph: another key
+    torchship.export(tiny_bert_dir, tmp_path / "padded", padded)
+    assert len(onnx_exports) == 1
+    assert cache / "onnx" / (cached.stem + ".onnx") in before < set((cache / "onnx").glob("*.onnx"))
 
 
 def test_int8_aoti_quantizes_the_validated_float32_package_with_torchao(

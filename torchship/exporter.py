@@ -157,7 +157,7 @@ def _build(
     job = formats.ExportJob(
         wrapper=wrapper, examples=examples, input_names=input_names, output_names=output_names,
         max_length=buckets[-1], out=tmp,
-        cache=(options.cache_dir or default_cache_dir()) / "aoti" / _cache_key(manifest, config, quantized),
+        cache_dir=options.cache_dir or default_cache_dir(), cache_key=_cache_key(manifest, config, quantized),
         options=options, model_type=config.model_type, ort_fusion=spec.ort_fusion,
         num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
         hidden_size=int(getattr(config, "hidden_size", 0) or 0),
@@ -255,9 +255,9 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key(manifest: artifact.Manifest, config: Any, quantized: bool = False) -> str:
-    """Everything a compiled package depends on: weights, config, task, attention, in-graph pooling, names,
-    lengths, versions. ``quantized``: the float32 package an int8 export quantizes, the same as a float32
-    export's."""
+    """Everything an exported graph or compiled package depends on: weights, config, task, attention, dense
+    layout, in-graph pooling, names, lengths, versions of what exports. ``quantized``: the float32 graph an int8
+    export quantizes, the same as a float32 export's."""
     from .formats import MAX_BATCH
 
     keyed = {
@@ -274,8 +274,18 @@ def _cache_key(manifest: artifact.Manifest, config: Any, quantized: bool = False
         "max_batch": MAX_BATCH,
         "torch": torch.__version__,
         "torchship": __version__,
+        "onnx exporter": [_installed(p) for p in ("onnxscript", "onnx")],
     }
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _installed(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _jsonable(value: Any) -> Any:

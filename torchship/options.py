@@ -45,7 +45,7 @@ class ExportOptions:
     ``buckets="auto"`` replaces ``seq_lengths`` with the FLOP-optimal ``max_buckets`` edges planned from
     the length sample ``lengths_from`` (see ``torchship plan``). ``formats`` is any of torchscript, aoti,
     onnx, ``("all",)``, or ``("default",)``: TorchScript and ONNX, those of them that ``dtype`` and ``device``
-    allow; compiled AOTInductor packages are reused from ``cache_dir``
+    allow; compiled AOTInductor packages and exported ONNX graphs are reused from ``cache_dir``
     (default ``$TORCHSHIP_CACHE`` or ``~/.cache/torchship``). ``dtype`` float16 or bfloat16 traces the model
     in that dtype on ``device``; int8 (CPU) is dynamic quantization of the validated float32 graph: ONNX Runtime's
     for onnx, torchao's PT2E for aoti (the int8 extra).

@@ -15,6 +15,9 @@ Adding a format: a module with a ``Format`` subclass decorated with ``@register`
 from __future__ import annotations
 
 import bisect
+import fcntl
+import os
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,7 +78,8 @@ class ExportJob:
     output_names: tuple[str, ...]
     max_length: int
     out: Path  # the artifact's staging directory
-    cache: Path  # where compiled packages are reused from, keyed by everything they depend on
+    cache_dir: Path  # where exported graphs and compiled packages are reused from (``reuse``)
+    cache_key: str  # everything they depend on, hashed
     options: ExportOptions
     model_type: str
     ort_fusion: str | None  # the architecture's ONNX Runtime fusion type
@@ -85,6 +89,25 @@ class ExportJob:
     @property
     def buckets(self) -> list[int]:
         return sorted(self.examples)
+
+    def reuse(
+        self, fmt: str, path: Path, make: Callable[[Path], list[warnings.WarningMessage]]
+    ) -> list[warnings.WarningMessage]:
+        """Write ``path`` by ``make(path)`` (returning the warnings seen), or copy it from the cache, where an
+        export of the same key wrote it before (``cache_dir/fmt/cache_key``; a reused file brings no warnings).
+        Exports of the same key take turns (a file lock), so one started meanwhile waits and reuses the file."""
+        cached = self.cache_dir / fmt / (self.cache_key + path.suffix)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with open(cached.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if cached.is_file():
+                shutil.copyfile(cached, path)
+                return []
+            seen = make(path)
+            tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)
+            tmp.replace(cached)  # atomic: a reader sees the whole file or none
+        return seen
 
     def dynamic_example(self) -> tuple[torch.Tensor, ...]:
         """An example at batch >= 2 and seq >= 16, so neither dynamic dim specializes to 0 or 1."""

@@ -13,9 +13,6 @@ a trial costs seconds instead of a compile, and only its choice is compiled, and
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,20 +55,8 @@ class AOTInductor(Format):
                 ) from None
 
     def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
-        """Export and compile; reuse ``job.cache`` (a compiled package) when it exists. Exports of the same key
-        take turns (a file lock), so a second one started meanwhile waits and reuses the first one's package."""
-        path, cache = job.out / FILE, job.cache.with_suffix(".pt2")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with open(cache.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if cache.is_file():
-                shutil.copyfile(cache, path)
-                return []
-            seen = self._compile(job, path)
-            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-            shutil.copyfile(path, tmp)
-            tmp.replace(cache)
-        return seen
+        """Export and compile, or reuse the package an export of the same key compiled (``job.reuse``)."""
+        return job.reuse(self.name, job.out / FILE, lambda path: self._compile(job, path))
 
     def _compile(
         self, job: ExportJob, path: Path, module: torch.nn.Module | None = None

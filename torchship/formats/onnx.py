@@ -174,9 +174,15 @@ class ONNX(Format):
         return None
 
     def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
-        return export_graph(
-            job.wrapper, job.dynamic_example(), job.input_names, job.output_names, job.max_length, job.out / FILE
-        )
+        """The exported float32 graph, or the one an export of the same key wrote (``job.reuse``): fusion and
+        int8 quantization start from it."""
+
+        def make(path: Path) -> list[warnings.WarningMessage]:
+            return export_graph(
+                job.wrapper, job.dynamic_example(), job.input_names, job.output_names, job.max_length, path
+            )
+
+        return job.reuse(self.name, job.out / FILE, make)
 
     def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:
         return session(root / FILE, manifest.max_length, threads=target.threads, snap=target.snap)

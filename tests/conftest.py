@@ -106,14 +106,15 @@ def _export_once(factory: pytest.TempPathFactory, name: str, export: Callable[[P
 def _private_package_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Packages compiled without an explicit cache_dir go to this run's directory, not ~/.cache/torchship (the
     CLI and servers the tests start inherit it)."""
-    os.environ.setdefault("TORCHSHIP_CACHE", str(_run_dir(tmp_path_factory) / "torchship-cache"))
+    os.environ["TORCHSHIP_CACHE"] = str(_run_dir(tmp_path_factory) / "torchship-cache")  # never a warm one
 
 
 @pytest.fixture(scope="session")
-def aoti_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One compiled-package cache for the whole run, shared by the workers: modules that compile the same model
-    take turns on its key (the cache's own lock), and the second one reuses it."""
-    return _run_dir(tmp_path_factory) / "aoti-cache"
+def export_cache(_private_package_cache: None) -> Path:
+    """The run's cache of exported graphs and compiled packages, where exports without a cache_dir go too, shared
+    by the workers: exports of the same key take turns (the cache's own lock), and the later ones reuse the file
+    (test_unpad's export of a matrix cell's model, the tiny BERT's exports across modules)."""
+    return Path(os.environ["TORCHSHIP_CACHE"])
 
 
 @pytest.fixture(scope="session")

@@ -30,8 +30,8 @@ def binary() -> Path:
 
 
 @pytest.fixture(scope="module")
-def both_formats(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, aoti_cache: Path) -> Path:
-    options = torchship.ExportOptions(formats=("torchscript", "aoti"), seq_lengths=(8, 32), cache_dir=aoti_cache)
+def both_formats(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, export_cache: Path) -> Path:
+    options = torchship.ExportOptions(formats=("torchscript", "aoti"), seq_lengths=(8, 32), cache_dir=export_cache)
     return torchship.export(tiny_bert_dir, tmp_path_factory.mktemp("cpp") / "art", options)
 
 

@@ -18,9 +18,9 @@ from torchship.formats import aoti, onnx
 
 
 @pytest.fixture(scope="module")
-def all_formats(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, aoti_cache: Path) -> Path:
+def all_formats(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, export_cache: Path) -> Path:
     out = tmp_path_factory.mktemp("formats") / "all"
-    options = torchship.ExportOptions(formats=("all",), seq_lengths=(8, 32), cache_dir=aoti_cache)
+    options = torchship.ExportOptions(formats=("all",), seq_lengths=(8, 32), cache_dir=export_cache)
     return torchship.export(tiny_bert_dir, out, options)
 
 

@@ -72,8 +72,8 @@ def test_dense_layers_run_on_real_tokens_only(demo_dir: Path) -> None:
     assert counts["aten.bmm"] == 4 * batch * seq * seq * h * layers  # attention: the padded layout
 
 
-def test_unpadded_aoti_matches_at_untraced_shapes(tiny_bert_dir: Path, tmp_path: Path, aoti_cache: Path) -> None:
-    options = torchship.ExportOptions(formats=("aoti",), seq_lengths=(8, 32), unpad=True, cache_dir=aoti_cache)
+def test_unpadded_aoti_matches_at_untraced_shapes(tiny_bert_dir: Path, tmp_path: Path, export_cache: Path) -> None:
+    options = torchship.ExportOptions(formats=("aoti",), seq_lengths=(8, 32), unpad=True, cache_dir=export_cache)
     art = torchship.export(tiny_bert_dir, tmp_path / "art", options)
     (entry,) = json.loads((art / "manifest.json").read_text())["formats"]["aoti"]
     assert entry["parity"]["passed"] is True

@@ -54,6 +54,8 @@ def _tiny_config(**overrides: object):
         intermediate_size=64,
         max_position_embeddings=512,
         type_vocab_size=2,
+        bos_token_id=101,  # the MiniLM tokenizer's [CLS] and [SEP], as tests/families.py sets them: the tiny
+        eos_token_id=102,  # BERT is then the matrix's bert feature-extraction model, whose exports it reuses
     )
     base.update(overrides)
     return BertConfig(**base)
@@ -113,7 +115,7 @@ def _private_package_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 def export_cache(_private_package_cache: None) -> Path:
     """The run's cache of exported graphs and compiled packages, where exports without a cache_dir go too, shared
     by the workers: exports of the same key take turns (the cache's own lock), and the later ones reuse the file
-    (test_unpad's export of a matrix cell's model, the tiny BERT's exports across modules)."""
+    (the tiny BERT's across modules and the matrix's bert feature-extraction cell, test_unpad's of a matrix cell)."""
     return Path(os.environ["TORCHSHIP_CACHE"])
 
 

@@ -196,6 +196,21 @@ def test_aoti_int8_groups_are_the_encoder_layers_and_the_head(tiny_bert_dir: Pat
     assert groups["model.pooler"] == ["model.pooler.dense"]
 
 
+def test_int8_quantizer_imports_quietly_where_inductor_was_not_imported_yet() -> None:
+    """torchao's x86 quantizer imports torch._inductor, whose first import warns that torch.jit.script_method is
+    deprecated (first imported there when the float32 package came from the cache): torchship keeps it quiet."""
+    code = (
+        "import sys, warnings\n"
+        "import torchship.formats.aoti as aoti\n"
+        "assert 'torch._inductor.compile_fx' not in sys.modules\n"
+        "warnings.simplefilter('error', DeprecationWarning)\n"
+        "warnings.filterwarnings('ignore', 'invalid escape sequence')  # torchao's sources, compiled on first import\n"
+        "aoti._quantizer()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_int8_aoti_without_torchao_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torchao", None)  # what an environment without torchao imports
     with pytest.raises(torchship.OptionsError, match=r"torchao is not installed: pip install 'torchship\[int8\]'"):

@@ -186,7 +186,9 @@ def _quantizer() -> Any:
     """torchao's X86InductorQuantizer, dynamic int8, annotating plain linears only: with torch 2.13, torchao 0.18's
     linear + unary and linear + binary + unary annotators raise IndexError on these graphs
     (``_get_output_nodes_of_partitions``), which costs the int8 linear + GELU fusion, not correctness."""
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    with warnings.catch_warnings():  # it imports torch._inductor, whose first import warns about torch.jit
+        warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
     class LinearsOnly(xiq.X86InductorQuantizer):  # type: ignore[misc]
         def _annotate_linear_unary(self, *args: Any, **kwargs: Any) -> None:

@@ -106,16 +106,16 @@ def _export_once(factory: pytest.TempPathFactory, name: str, export: Callable[[P
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_package_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Packages compiled without an explicit cache_dir go to this run's directory, not ~/.cache/torchship (the
-    CLI and servers the tests start inherit it)."""
-    os.environ["TORCHSHIP_CACHE"] = str(_run_dir(tmp_path_factory) / "torchship-cache")  # never a warm one
+    """Exports without an explicit cache_dir cache their graphs and packages in this run's directory, never in
+    ~/.cache/torchship or a warm $TORCHSHIP_CACHE (the CLI and servers the tests start inherit it)."""
+    os.environ["TORCHSHIP_CACHE"] = str(_run_dir(tmp_path_factory) / "torchship-cache")
 
 
 @pytest.fixture(scope="session")
 def export_cache(_private_package_cache: None) -> Path:
-    """The run's cache of exported graphs and compiled packages, where exports without a cache_dir go too, shared
-    by the workers: exports of the same key take turns (the cache's own lock), and the later ones reuse the file
-    (the tiny BERT's across modules and the matrix's bert feature-extraction cell, test_unpad's of a matrix cell)."""
+    """The run's cache of exported graphs and compiled packages (the one exports without a cache_dir use), shared
+    by the workers: exports of the same key take turns on its lock and the later ones reuse the file. The tiny
+    BERT shares its exports with the matrix's bert feature-extraction cell, and test_unpad with a matrix cell."""
     return Path(os.environ["TORCHSHIP_CACHE"])
 
 

@@ -187,11 +187,21 @@ def test_token_type_ids_only_where_the_model_uses_them(demo_dir: Path, tmp_path:
         ({"seq_lengths": (16, 16)}, "repeats a length"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"atol": 0.0}, "atol must be > 0"),
+        ({"cache_dir": 3}, "cache_dir must be a path"),
     ],
 )
 def test_bad_options_are_rejected_where_written(options: dict, message: str) -> None:
     with pytest.raises(torchship.OptionsError, match=message):
         torchship.ExportOptions(**options)
+
+
+def test_paths_may_be_strings_and_formats_a_comma_list(tmp_path: Path) -> None:
+    options = torchship.ExportOptions(formats="torchscript, onnx", cache_dir=str(tmp_path), lengths_from=str(tmp_path))
+    assert options.formats == ("torchscript", "onnx")
+    assert options.cache_dir == tmp_path
+    assert isinstance(options.lengths_from, Path)
+    with pytest.raises(torchship.OptionsError, match="format 'tflite' is not supported"):
+        torchship.ExportOptions(formats="onnx,tflite")
 
 
 def test_options_are_keyword_only_and_reject_typos() -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,7 @@ def test_each_format_matches_eager_at_untraced_shapes(all_formats: Path, tiny_be
 
 
 def test_auto_format_picks_the_fastest_recorded(all_formats: Path) -> None:
-    predictor = torchship.load(all_formats)
+    predictor = torchship.load(all_formats, calibrate=False)  # routes by the recorded timings, even if stale
     medians = _manifest(all_formats)["timings"]["median_ms"]
     winners = {min(medians, key=lambda f: medians[f][point]) for point in medians["onnx"]}
     assert set(predictor.backends) == winners  # only the formats routing can pick are loaded
@@ -283,7 +285,7 @@ def test_only_formats_routing_can_pick_are_loaded_and_checked(all_formats: Path,
     hashed: list[str] = []
     real = artifact.sha256_file
     monkeypatch.setattr(artifact, "sha256_file", lambda path: hashed.append(path.name) or real(path))
-    predictor = torchship.load(art)
+    predictor = torchship.load(art, calibrate=False)  # re-timing would load every format
     assert "aoti" not in predictor.backends
     assert set(predictor.backends) <= {"torchscript", "onnx"}
     assert aoti.FILE not in hashed
@@ -291,23 +293,112 @@ def test_only_formats_routing_can_pick_are_loaded_and_checked(all_formats: Path,
     with pytest.raises(torchship.ChecksumError, match="model.pt2"):
         predictor.run([[101, 2000, 102]], format="aoti")
     hashed.clear()
-    torchship.load(art)  # the same files, unchanged: nothing is hashed again
+    torchship.load(art, calibrate=False)  # the same files, unchanged: nothing is hashed again
     assert hashed == []
     (art / "tokenizer" / "tokenizer.json").write_text((art / "tokenizer" / "tokenizer.json").read_text() + " ")
     with pytest.raises(torchship.ChecksumError, match="tokenizer.json"):
-        torchship.load(art)  # a changed file is hashed again
+        torchship.load(art, calibrate=False)  # a changed file is hashed again
 
 
 def test_calibrate_keeps_to_its_time_budget(all_formats: Path) -> None:
     recorded = _manifest(all_formats)["timings"]["median_ms"]
     predictor = torchship.load(all_formats, calibrate=True, calibrate_budget_s=0.001)
-    medians = predictor.timings.median_ms if predictor.timings else {}
-    # the cheapest point is always timed; the budget is spent before the next, which keeps the export's timings
-    changed = {point for fmt in medians for point in medians[fmt] if medians[fmt][point] != recorded[fmt][point]}
-    assert changed == {"1x8"}
+    timings = predictor.timings
+    assert timings is not None
+    medians = timings.median_ms
+    # the cheapest point is always timed; the budget is spent before the next, which keeps the export's timings at
+    # the pace each format ran here (its measured / recorded ratio at the point timed), listed as estimated
+    assert timings.estimated == sorted(set(recorded["onnx"]) - {"1x8"})
+    for fmt, timed in medians.items():
+        pace = timed["1x8"] / recorded[fmt]["1x8"]
+        for point in timings.estimated:
+            assert timed[point] == pytest.approx(recorded[fmt][point] * pace, rel=1e-3, abs=1e-3), (fmt, point)
     assert set(predictor.backends) == {min(medians, key=lambda f: medians[f][p]) for p in medians["onnx"]}
     with pytest.raises(torchship.OptionsError, match="calibrate_budget_s"):
         torchship.load(all_formats, calibrate=True, calibrate_budget_s=0)
+
+
+def _with_timings(src: Path, dst: Path, **changes: object) -> Path:
+    """A copy of the artifact ``src`` whose recorded timings have ``changes``."""
+    shutil.copytree(src, dst)
+    data = _manifest(dst)
+    data["timings"].update(changes)
+    (dst / "manifest.json").write_text(json.dumps(data))
+    return dst
+
+
+def test_timings_that_do_not_describe_this_process_are_retimed_at_load(all_formats: Path, tmp_path: Path) -> None:
+    """With calibrate=None (the default) the formats are re-timed at load only where the recorded timings belong to
+    another machine or thread count (or to a disturbed export, on a quiet machine); False never re-times."""
+    from torchship import machine
+
+    here = machine.fingerprint(torch.device("cpu"))
+    assert here["cores"] == os.cpu_count()
+    assert here["cpu"]
+    threads = torch.get_num_threads()
+    fresh = _with_timings(all_formats, tmp_path / "fresh", machine=here, threads=threads, others_load=0.0)
+    timings = torchship.load(fresh).timings
+    assert timings is not None
+    assert timings.source == "export"
+
+    moved = _with_timings(all_formats, tmp_path / "moved", machine={**here, "cpu": "Other CPU", "isa": ["avx2"]},
+                          threads=threads, others_load=0.0)  # fmt: skip
+    predictor = torchship.load(moved)
+    timings = predictor.timings
+    assert timings is not None
+    assert timings.source.startswith("re-timed at load: timed on another machine (cpu")
+    assert "Other CPU -> " in timings.source
+    assert "isa ['avx2'] -> " in timings.source
+    assert timings.machine == here
+    assert set(timings.median_ms) == {"torchscript", "aoti", "onnx"}
+    assert set(predictor.backends) == set(predictor.engine.routed())  # the formats that won nowhere are let go
+    assert _manifest(moved)["timings"]["machine"]["cpu"] == "Other CPU"  # the artifact is not touched
+    not_asked = torchship.load(moved, calibrate=False).timings
+    assert not_asked is not None
+    assert not_asked.source == "export"
+
+    other_threads = _with_timings(all_formats, tmp_path / "threads", machine=here, threads=threads + 1)
+    timings = torchship.load(other_threads).timings
+    assert timings is not None
+    assert f"timed on {threads + 1} intra-op threads" in timings.source
+    with pytest.raises(torchship.OptionsError, match="calibrate must be True, False or None"):
+        torchship.load(fresh, calibrate="yes")
+
+
+def test_a_disturbed_timing_is_redone_only_on_a_quiet_machine(all_formats: Path, monkeypatch) -> None:
+    from torchship import artifact, machine
+
+    recorded = artifact.read_manifest(all_formats).timings
+    assert recorded is not None
+    assert recorded.machine
+    assert recorded.others_load is not None
+    disturbed = dataclasses.replace(recorded, others_load=0.6)
+    here, threads = torch.device("cpu"), recorded.threads
+    monkeypatch.setattr(machine, "others_load_now", lambda seconds=0.1: 0.5)  # still busy: nothing to gain
+    assert machine.stale(disturbed, here, threads) is None
+    monkeypatch.setattr(machine, "others_load_now", lambda seconds=0.1: 0.02)
+    assert "other processes used 60% of the CPUs, and they use 2% now" in str(machine.stale(disturbed, here, threads))
+    assert machine.stale(dataclasses.replace(recorded, others_load=0.1), here, threads) is None
+
+
+def test_others_load_measures_what_another_process_uses() -> None:
+    """OthersLoad is the machine's busy time less this process's own: a process spinning one core shows."""
+    from torchship.machine import OthersLoad
+
+    idle = OthersLoad().start()
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)
+        probe = OthersLoad().start()
+        sum(i * i for i in range(2_000_000))  # this process's own work is not counted
+        time.sleep(0.5)
+        share = probe.share()
+    finally:
+        spinner.wait()
+    assert share is not None
+    assert share >= 0.8 / (os.cpu_count() or 1)
+    assert idle.share() is not None
 
 
 def test_points_past_the_timing_budget_are_estimated_by_flops(all_formats: Path) -> None:

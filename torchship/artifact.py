@@ -66,7 +66,9 @@ class Timings:
     threads: int
     median_ms: dict[str, dict[str, float]]
     source: str = "export"
-    estimated: list[str] = field(default_factory=list)  # grid points not timed: scaled by FLOPs from one that was
+    estimated: list[str] = field(default_factory=list)  # grid points not timed: scaled from what was (timing.py)
+    machine: dict[str, Any] = field(default_factory=dict)  # what they were timed on (machine.fingerprint)
+    others_load: float | None = None  # the share of the CPUs other processes used meanwhile (machine.OthersLoad)
 
 
 @dataclass

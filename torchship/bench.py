@@ -300,12 +300,9 @@ def _corpus(predictor: Predictor, options: BenchOptions) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from .machine import cpu_name
+
+    cpu = cpu_name()
     try:
         import onnxruntime
 

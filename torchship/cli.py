@@ -146,7 +146,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1, help="micro-batches run concurrently")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
-    p.add_argument("--calibrate", action="store_true", help="re-time the artifact's formats here before serving")
+    p.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-time the artifact's formats here before serving (default: only where the export's timings do not "
+        "describe this machine, threads or load); --no-calibrate never re-times",
+    )
     p.add_argument("--calibrate-budget", type=float, default=15.0, metavar="SECONDS", help="time --calibrate may take")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="deploy on Ray Serve (join ADDRESS, or start a local Ray)")  # fmt: skip
@@ -502,6 +508,10 @@ def _print_info(path: str | Path) -> None:
     if timings and len(m.formats) > 1:
         medians = timings.median_ms
         print(f"timings (median ms, {timings.threads} threads; the runtime picks the fastest per shape):")
+        if timings.machine:
+            busy = timings.others_load
+            busy_text = "" if busy is None else f"; other processes used {busy:.0%} of the CPUs"
+            print(f"  timed on {timings.machine.get('cpu')}, {timings.machine.get('cores')} cores{busy_text}")
         for batch in timings.batch:
             for seq in timings.seq:
                 key = f"{batch}x{seq}"

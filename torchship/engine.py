@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifact, device, formats
+from . import artifact, device, formats, machine
 from .artifact import Manifest
 from .errors import ArtifactError, InputError, SequenceTooLongError
 from .flops import flops
@@ -133,8 +133,9 @@ class Engine:
         self.target = Target(self.device, options.threads, sorted(manifest.buckets))
         self.available = available
         self.timings = manifest.timings
+        self.retime = self._retime(options)
         self._lock = threading.Lock()
-        names = [options.format] if options.format else self.routed(options.calibrate)
+        names = [options.format] if options.format else self.routed(self.retime is not None)
         self._check(names)
         self.backends: dict[str, Backend] = {n: formats.get(n).load(root, manifest, self.target) for n in names}
         static = [b.lengths for b in self.backends.values() if b.lengths]
@@ -145,6 +146,16 @@ class Engine:
         self.hooks: list[Hook] = []
 
     # ---- routing -----------------------------------------------------------------------------------------------
+
+    def _retime(self, options: LoadOptions) -> str | None:
+        """Why the formats are timed again at load (Predictor), or None: asked to (``calibrate=True``), or the
+        recorded timings do not describe this process (``calibrate=None``, machine.stale). Never with one format
+        to route to."""
+        if options.format is not None or len(self.available) == 1 or options.calibrate is False:
+            return None
+        if options.calibrate:
+            return "calibrate=True"
+        return None if self.timings is None else machine.stale(self.timings, self.device, torch.get_num_threads())
 
     def routed(self, calibrate: bool = False) -> list[str]:
         """The formats routing can pick: those fastest at one grid point or more of the recorded timings (the

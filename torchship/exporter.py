@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from . import __version__, artifact, device, formats, plan, registry, source, tasks, unpad, validate
 from .errors import ArtifactError, ExportError, OptionsError, UnsupportedModelError
+from .machine import DISTURBED
 from .options import ExportOptions, LoadOptions
 from .runtime import Predictor
 from .timing import time_formats
@@ -236,6 +237,12 @@ def _build(
         staging.engine.backend(name)
     if len(options.formats) > 1:
         manifest.timings = time_formats(staging.engine, buckets, total_s=options.timing_budget_s)
+        busy = manifest.timings.others_load
+        if busy is not None and busy >= DISTURBED:
+            notes["timings"] = (
+                f"other processes used {busy:.0%} of the CPUs while the formats were timed: a load on a quiet "
+                "machine re-times them (LoadOptions.calibrate=None); or export again on a quiet machine"
+            )
     manifest.export = {
         "options": {k: _jsonable(v) for k, v in asdict(options).items()},
         "seconds": None,

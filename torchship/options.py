@@ -6,6 +6,7 @@ that names it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ TRUNCATION = ("warn", "error")
 # the one before, so no text is padded by more than half its length whatever the corpus.
 DEFAULT_FORMATS = ("torchscript", "onnx")
 DEFAULT_SEQ_LENGTHS = (16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256)
+AUTO_CALIBRATE_S = 3.0  # what re-timing stale timings may add to a load that did not ask for it (LoadOptions)
 
 
 def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
@@ -87,6 +89,14 @@ class ExportOptions:
     timing_budget_s: float = 6.0
 
     def __post_init__(self) -> None:
+        for name in ("lengths_from", "cache_dir", "gate_texts"):  # a str from Python is as good as a Path
+            value = getattr(self, name)
+            if isinstance(value, str | os.PathLike) and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+            elif value is not None and not isinstance(value, Path):
+                raise OptionsError(f"{name} must be a path (str or pathlib.Path), got {value!r}")
+        if isinstance(self.formats, str):  # "onnx" or "torchscript,onnx", as --format takes them
+            object.__setattr__(self, "formats", tuple(f.strip() for f in self.formats.split(",") if f.strip()))
         for name in ("min_cosine", "min_top1"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
@@ -169,9 +179,12 @@ class LoadOptions:
     small encoders ``workers=2, threads=1`` uses two cores better than ``workers=1, threads=2``.
     ``verify`` checks every file's sha256 first. ``device`` defaults to the one the artifact was exported for.
     With several formats, each micro-batch goes to the format that was fastest at export on the nearest grid
-    point; ``calibrate=True`` re-times the formats on this machine at load, within ``calibrate_budget_s``
-    seconds, and routes by that instead, for an artifact exported on another machine or with other threads.
-    Only the formats that routing can pick are loaded (and checked); a format forced later loads then.
+    point. Those timings belong to the export's machine, threads and load: with ``calibrate=None`` (the default)
+    they are re-timed here at load when they do not describe this process (another CPU or accelerator, another
+    thread count, or other processes busy while the export timed them and quiet now: machine.stale), within
+    ``min(calibrate_budget_s, AUTO_CALIBRATE_S)``; ``calibrate=True`` always re-times, within ``calibrate_budget_s``
+    seconds, and ``False`` never does. Only the formats that routing can pick are loaded (and checked); a format
+    forced later loads then.
     """
 
     format: str | None = None
@@ -182,11 +195,14 @@ class LoadOptions:
     workers: int = 1
     threads: int | None = None
     verify: bool = True
-    calibrate: bool = False
+    calibrate: bool | None = None
     calibrate_budget_s: float = 15.0
 
     def __post_init__(self) -> None:
         from . import formats
+
+        if self.calibrate not in (None, True, False):
+            raise OptionsError(f"calibrate must be True, False or None (re-time where stale), got {self.calibrate!r}")
 
         if not self.calibrate_budget_s > 0:
             raise OptionsError(f"calibrate_budget_s must be > 0 seconds, got {self.calibrate_budget_s}")
@@ -230,7 +246,7 @@ class ServeOptions:
     split_client_batches: bool = False
     workers: int = 1
     threads: int | None = None
-    calibrate: bool = False
+    calibrate: bool | None = None
     calibrate_budget_s: float = 15.0
 
     def __post_init__(self) -> None:

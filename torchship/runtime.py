@@ -7,6 +7,7 @@ lives in ``formats/``; cutting, routing, padding and running micro-batches live 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,10 +19,11 @@ import torch
 from . import artifact, tasks
 from .engine import Counters, Engine
 from .errors import InputError, UnsupportedModelError
-from .options import LoadOptions
+from .options import AUTO_CALIBRATE_S, LoadOptions
 from .tasks import Context, Work
 from .tokenize import Encoded, TextEncoder
 
+log = logging.getLogger(__name__)
 ArrayLike = torch.Tensor | np.ndarray | Sequence[Sequence[int]]
 
 
@@ -41,7 +43,8 @@ class Predictor:
     """A loaded artifact. ``predictor(texts)`` gives task outputs; ``predictor.run(...)`` raw tensors.
 
     With several formats in the artifact and ``format=None``, each micro-batch runs in the format that was
-    fastest at export time (or at load, with ``calibrate=True``) for the nearest recorded (batch, seq) shape.
+    fastest for the nearest recorded (batch, seq) shape: at export, or at load where the export's timings do not
+    describe this process (machine.stale) or with ``calibrate=True``.
     """
 
     def __init__(self, root: Path, manifest: artifact.Manifest, options: LoadOptions) -> None:
@@ -61,12 +64,17 @@ class Predictor:
         )
         self.context = Context(self.encoder, manifest, self.max_length)
         self._seq_axis = manifest.sequence_axes()
-        if options.calibrate and len(self.engine.backends) > 1:
+        if self.engine.retime is not None and len(self.engine.backends) > 1:
             from .timing import time_formats
 
+            budget = options.calibrate_budget_s
+            if options.calibrate is None:  # not asked for: re-timing stale timings costs the load little
+                budget = min(budget, AUTO_CALIBRATE_S)
+                log.info("torchship: re-timing %s's formats at load: %s", root, self.engine.retime)
             recorded = manifest.timings.seq if manifest.timings else self.engine.buckets
-            timings = time_formats(self.engine, recorded, total_s=options.calibrate_budget_s, recorded=manifest.timings)
-            self.engine.timings = dataclasses.replace(timings, source="calibrated")
+            timings = time_formats(self.engine, recorded, total_s=budget, recorded=manifest.timings)
+            source = "calibrated" if options.calibrate else f"re-timed at load: {self.engine.retime}"
+            self.engine.timings = dataclasses.replace(timings, source=source)
             keep = self.engine.routed()  # a format that won nowhere is never used: let it go
             self.engine.backends = {n: b for n, b in self.engine.backends.items() if n in keep}
 

@@ -1,5 +1,6 @@
-"""Timing: each format's median latency on a (batch, seq) grid, recorded in the manifest at export (or taken
-again at load with ``calibrate=True``). The engine routes each micro-batch to the fastest format by them."""
+"""Timing: each format's median latency on a (batch, seq) grid, recorded in the manifest at export (and taken
+again at load where they do not describe the process, machine.stale, or with ``calibrate=True``). The engine routes
+each micro-batch to the fastest format by them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from .artifact import Timings
 from .engine import Engine
+from .machine import OthersLoad, fingerprint
 
 GRID_BATCHES = (1, 8, 32)
 
@@ -25,16 +27,22 @@ def time_formats(
 ) -> Timings:
     """Median milliseconds of each loaded format at every (batch, seq) of the grid.
 
-    Each point: warm up once, then repeat until ``budget_s`` is spent (at least 3, at most ``max_reps`` runs).
-    With ``total_s``, points are timed cheapest first, every format at a point together, and timing stops before
-    a point whose expected cost (the last point's, scaled by FLOPs) would pass ``total_s``; the points left keep
-    their ``recorded`` timings, where there are any, or else are estimated: the format's most expensive timed
-    point scaled by FLOPs (listed in ``Timings.estimated``). The points left out are the largest, where every
-    format's FLOP rate has settled. Runs through ``Engine.forward``, so no hook counts them.
+    Each point: every format warms up once, then the formats take turns, one run each per round (in alternating
+    order), for at least 3 rounds and until ``budget_s`` per format is spent or ``max_reps`` rounds are run.
+    Taking turns gives every format the same machine: a job that starts or stops meanwhile slows each format
+    alike instead of whichever was being timed, so it cannot flip which one routing picks. What other processes
+    used of the CPUs meanwhile is recorded (``Timings.others_load``), with the machine (``Timings.machine``).
+    With ``total_s``, points are timed cheapest first, and timing stops before a point whose expected cost (the
+    last point's, scaled by FLOPs) would pass ``total_s``. A point left out keeps its ``recorded`` timing scaled
+    by how much faster or slower that format ran here than recorded at the points timed (the median ratio); with
+    nothing recorded, it is estimated as the format's most expensive timed point scaled by FLOPs. Either way it
+    is listed in ``Timings.estimated``. The points left out are the largest, where every format's FLOP rate has
+    settled. Runs through ``Engine.forward``, so no hook counts them.
     """
     medians: dict[str, dict[str, float]] = {name: {} for name in engine.backends}
     generator = torch.Generator().manual_seed(0)
     points = sorted(((b, s) for b in GRID_BATCHES for s in seqs), key=lambda p: _cost(engine, *p))
+    probe = OthersLoad().start()
     started, last = time.perf_counter(), None
     for batch, seq in points:
         cost = _cost(engine, batch, seq)
@@ -44,23 +52,33 @@ def time_formats(
                 break
         point_started = time.perf_counter()
         ids = torch.randint(1000, 2000, (batch, seq), generator=generator)
-        for name, backend in engine.backends.items():
+        runs = []
+        for backend in engine.backends.values():
             padded = engine.pad({"input_ids": ids}, backend.pad_length(seq))
-            engine.forward(backend, padded)
-            times: list[float] = []
-            while len(times) < 3 or (sum(times) < budget_s and len(times) < max_reps):
+            engine.forward(backend, padded)  # warm-up
+            runs.append((backend, padded))
+        times: list[list[float]] = [[] for _ in runs]
+        rounds = 0
+        while rounds < 3 or (rounds < max_reps and sum(map(sum, times)) < budget_s * len(runs)):
+            order = range(len(runs)) if rounds % 2 == 0 else reversed(range(len(runs)))
+            for i in order:
                 start = time.perf_counter()
-                engine.forward(backend, padded)
-                times.append(time.perf_counter() - start)
-            medians[name][f"{batch}x{seq}"] = round(statistics.median(times) * 1e3, 4)
+                engine.forward(*runs[i])
+                times[i].append(time.perf_counter() - start)
+            rounds += 1
+        for name, taken in zip(engine.backends, times, strict=True):
+            medians[name][f"{batch}x{seq}"] = round(statistics.median(taken) * 1e3, 4)
         last = (time.perf_counter() - point_started, cost)
-    estimated = set()
-    if recorded is not None:  # points not timed here keep what the export measured (or estimated)
-        for name, timed in medians.items():
-            for key, ms in recorded.median_ms.get(name, {}).items():
-                if key not in timed:
-                    timed[key] = ms
-                    estimated.update({key} & set(recorded.estimated))
+    others = probe.share()
+    estimated: set[str] = set()
+    for name, timed in medians.items():
+        before = recorded.median_ms.get(name, {}) if recorded is not None else {}
+        ratios = [timed[k] / before[k] for k in timed if before.get(k)]
+        scale = statistics.median(ratios) if ratios else 1.0
+        for key, ms in before.items():  # points not timed here: what was recorded, at this machine's pace
+            if key not in timed:
+                timed[key] = round(ms * scale, 4)
+                estimated.add(key)
     for timed in medians.values():
         anchor = max(timed, key=lambda k: _cost(engine, *_point(k)), default=None)
         for batch, seq in points:
@@ -69,7 +87,15 @@ def time_formats(
                 scale = _cost(engine, batch, seq) / _cost(engine, *_point(anchor))
                 timed[key] = round(timed[anchor] * scale, 4)
                 estimated.add(key)
-    return Timings(list(GRID_BATCHES), list(seqs), torch.get_num_threads(), medians, estimated=sorted(estimated))
+    return Timings(
+        list(GRID_BATCHES),
+        list(seqs),
+        torch.get_num_threads(),
+        medians,
+        estimated=sorted(estimated),
+        machine=fingerprint(engine.device),
+        others_load=others,
+    )
 
 
 def _cost(engine: Engine, batch: int, seq: int) -> int:

@@ -1,0 +1,105 @@
+"""What the formats were timed on, and whether those timings still describe the process that routes by them.
+
+Routing by timings is only as good as the timings: they belong to one CPU (or GPU), one thread count and one
+load. ``fingerprint`` names the machine; ``OthersLoad`` measures how much of the CPUs other processes used while
+something ran (Linux ``/proc/stat``; None elsewhere); ``stale`` says why recorded timings do not describe this
+process, if they do not, so the runtime re-times them at load (``LoadOptions.calibrate``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+import torch
+
+ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
+# Other processes using at least this share of the CPUs while formats are timed make the timings suspect, and a
+# load that sees at most QUIET of it re-times them (the gap keeps a steady, middling load from re-timing each time).
+DISTURBED = 0.25
+QUIET = 0.10
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _isa() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        return []
+    return sorted(set(flags) & set(ISA))
+
+
+def fingerprint(device: torch.device) -> dict[str, Any]:
+    """What timings depend on besides threads: the CPU (name, cores, the vector and matrix instructions that
+    decide which kernels run) and, on an accelerator, its name."""
+    out: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": _isa()}
+    if device.type == "cuda":
+        out["device"] = torch.cuda.get_device_name(device)
+    elif device.type != "cpu":
+        out["device"] = str(device)
+    return out
+
+
+def _cpu_busy_s() -> float | None:
+    """Seconds all CPUs spent busy since boot (every process), or None where /proc/stat is not there."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class OthersLoad:
+    """The share of all CPUs (0..1) that other processes used between ``start()`` and ``share()``: the machine's
+    busy time less this process's CPU time, over wall time x CPUs. None where it cannot be measured."""
+
+    def start(self) -> OthersLoad:
+        self._busy, self._own, self._wall = _cpu_busy_s(), time.process_time(), time.perf_counter()
+        return self
+
+    def share(self) -> float | None:
+        busy = _cpu_busy_s()
+        wall = time.perf_counter() - self._wall
+        if busy is None or self._busy is None or wall <= 0:
+            return None
+        others = (busy - self._busy) - (time.process_time() - self._own)
+        return round(min(max(others / (wall * (os.cpu_count() or 1)), 0.0), 1.0), 3)
+
+
+def others_load_now(seconds: float = 0.1) -> float | None:
+    """Other processes' share of the CPUs over the next ``seconds`` (this process sleeps meanwhile)."""
+    probe = OthersLoad().start()
+    time.sleep(seconds)
+    return probe.share()
+
+
+def stale(timings: Any, device: torch.device, threads: int) -> str | None:
+    """Why ``timings`` (artifact.Timings) do not describe this process, or None when they do: another machine,
+    another thread count, or a disturbed timing (other processes busy then) that a quiet machine can now redo.
+    Timings recorded before machines were fingerprinted are taken as they are."""
+    if timings.machine and timings.machine != (here := fingerprint(device)):
+        differ = sorted(k for k in {*timings.machine, *here} if timings.machine.get(k) != here.get(k))
+        was, now = timings.machine, here
+        return "timed on another machine (" + "; ".join(f"{k} {was.get(k)} -> {now.get(k)}" for k in differ) + ")"
+    if timings.machine and timings.threads != threads:
+        return f"timed on {timings.threads} intra-op threads, and this process runs {threads}"
+    if timings.others_load is not None and timings.others_load >= DISTURBED:
+        quiet = others_load_now()
+        if quiet is not None and quiet <= QUIET:
+            return (
+                f"timed while other processes used {timings.others_load:.0%} of the CPUs, and they use {quiet:.0%} now"
+            )
+    return None

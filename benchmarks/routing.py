@@ -6,18 +6,24 @@ single format (issue #17)?
 
 The formats are timed as an export times them (``timing.time_formats``, 6 s budget) three ways: on the quiet
 machine; while another process spins one core (a steady job); and while one spins and sleeps in turns of 0.2 s (a
-bursty job), both format by format (each format's points in one block, as a format timed alone sees the machine)
-and with the formats taking turns (what torchship does). Each table then routes the corpus on the quiet machine,
+bursty job), both format by format (every point of one format, then of the next) and point by point (at each
+point, each format in turn: what torchship does). Each table then routes the corpus on the quiet machine,
 interleaved pass by pass with the forced formats, so drift hits each alike. Last, the steady job's table is
 loaded as an artifact with the default ``calibrate=None``: its timings say other processes were busy, the machine
 is quiet now, so the load re-times them (``machine.stale``); the load's seconds are reported.
+
+Each table's regret is what its routing of the corpus' micro-batches costs by the quiet table's times, over the
+best routing: deterministic, where corpus seconds on a shared 2-core machine vary by 10 % between identical runs.
+Tables that route every micro-batch alike run the same work, so the corpus runs once per distinct routing.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -58,7 +64,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--passes", type=int, default=4)
+    parser.add_argument("--passes", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "routing.json")
     args = parser.parse_args()
     pin_threads(args.threads)
@@ -93,7 +99,7 @@ def main() -> int:
         with job(kind):
             tables[f"{kind} job, format by format"] = alone(6.0)
         with job(kind):
-            tables[f"{kind} job, taking turns"] = time_formats(engine, seqs, total_s=6.0)
+            tables[f"{kind} job, point by point"] = time_formats(engine, seqs, total_s=6.0)
     grid = [(b, s) for b in tables["quiet"].batch for s in tables["quiet"].seq]
     flips = {
         name: sum(
@@ -108,7 +114,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="routing-"))
     disturbed = shutil.copytree(args.artifact, work / "disturbed")
     data = json.loads((disturbed / "manifest.json").read_text())
-    data["timings"] = dataclasses.asdict(tables["steady job, taking turns"])
+    data["timings"] = dataclasses.asdict(tables["steady job, point by point"])
     (disturbed / "manifest.json").write_text(json.dumps(data))
     started = time.perf_counter()
     reloaded = torchship.load(disturbed, threads=args.threads)
@@ -117,9 +123,37 @@ def main() -> int:
     retimed = reloaded.timings
 
     texts = corpus()
+    # The corpus' micro-batches (rows, padded length): what each table routes. Its regret is what its choices cost
+    # by the quiet table, over the best choice, summed over them: a figure the machine's noise cannot blur.
+    shapes: list[tuple[int, int]] = []
+    engine.hooks.append(lambda done: shapes.append((done.rows, max(done.lengths))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        predictor(texts)
+    engine.hooks.pop()
+    quiet = tables["quiet"]
+
+    def regret(t: artifact.Timings) -> float:
+        def ms(fmt: str, b: int, s: int) -> float:
+            seq = quiet.seq[min(bisect.bisect_left(quiet.seq, s), len(quiet.seq) - 1)]
+            batch = min(quiet.batch, key=lambda g: abs(math.log(g) - math.log(b)))
+            return quiet.median_ms[fmt][f"{batch}x{seq}"]
+
+        chosen = sum(ms(route(t.median_ms, t.batch, t.seq, b, s, list(backends)), b, s) for b, s in shapes)
+        best = sum(min(ms(f, b, s) for f in backends) for b, s in shapes)
+        return chosen / best - 1
+
+    tables["steady job's table, re-timed at load (default)"] = retimed
+    regrets = {name: regret(t) for name, t in tables.items()}
+    # tables that route every micro-batch alike run the same work: the corpus is run once per distinct routing
     variants: dict[str, Any] = {f"forced {name}": name for name in backends}
-    variants.update({f"routed by: {name}": t for name, t in tables.items()})
-    variants["routed by: steady job's table, re-timed at load (default)"] = retimed
+    seen: dict[tuple[str, ...], str] = {}
+    for name, t in tables.items():
+        signature = tuple(route(t.median_ms, t.batch, t.seq, b, s, list(backends)) for b, s in shapes)
+        if signature in seen:
+            continue
+        seen[signature] = name
+        variants[f"routed by: {name}"] = t
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # texts over the longest bucket are truncated alike in every variant
@@ -142,11 +176,12 @@ def main() -> int:
     print(f"{len(texts)} texts, {args.threads} threads, {args.passes} interleaved passes; formats {list(backends)}")
     for name, t in tables.items():
         busy = "-" if t.others_load is None else f"{t.others_load:.0%}"
-        print(f"table {name:32s} others used {busy:>4} of the CPUs; winner differs from quiet at {flips[name]}"
-              f"/{len(grid)} grid points")  # fmt: skip
+        print(f"table {name:48s} others used {busy:>4} of the CPUs; winner differs from quiet at "
+              f"{flips.get(name, '-')}/{len(grid)} grid points; regret on the corpus {regrets[name]:.2%}")  # fmt: skip
     print(f"default load of the steady job's artifact: {load_s:.2f} s, source {retimed.source!r}")
     for name, row in rows.items():
-        print(f"{name:62s} median {row['median_s']:.3f} s  ({row['vs_best_forced']:.3f}x best forced)")
+        print(f"{name:62s} median {row['median_s']:.3f} s  ({row['vs_best_forced']:.3f}x best forced)  "
+              f"min {min(row['runs_s']):.3f} s")  # fmt: skip
     from common import machine
 
     record = {
@@ -156,6 +191,8 @@ def main() -> int:
         "corpus_texts": len(texts),
         "tables": {n: dataclasses.asdict(t) for n, t in tables.items()},
         "flips": flips,
+        "regret": regrets,
+        "micro_batches": len(shapes),
         "grid_points": len(grid),
         "default_load_s": load_s,
         "retimed_source": retimed.source,

@@ -306,13 +306,14 @@ def test_calibrate_keeps_to_its_time_budget(all_formats: Path) -> None:
     timings = predictor.timings
     assert timings is not None
     medians = timings.median_ms
-    # the cheapest point is always timed; the budget is spent before the next, which keeps the export's timings at
-    # the pace each format ran here (its measured / recorded ratio at the point timed), listed as estimated
+    # the cheapest point is always timed; the budget is spent before the next, and the others are estimated from
+    # it by FLOPs: the export's figures are never kept, since re-timing means they do not describe this process
     assert timings.estimated == sorted(set(recorded["onnx"]) - {"1x8"})
+    cost = predictor.engine.cost
     for fmt, timed in medians.items():
-        pace = timed["1x8"] / recorded[fmt]["1x8"]
         for point in timings.estimated:
-            assert timed[point] == pytest.approx(recorded[fmt][point] * pace, rel=1e-3, abs=1e-3), (fmt, point)
+            batch, seq = map(int, point.split("x"))
+            assert timed[point] == pytest.approx(timed["1x8"] * batch * cost(seq) / cost(8), rel=1e-3), (fmt, point)
     assert set(predictor.backends) == {min(medians, key=lambda f: medians[f][p]) for p in medians["onnx"]}
     with pytest.raises(torchship.OptionsError, match="calibrate_budget_s"):
         torchship.load(all_formats, calibrate=True, calibrate_budget_s=0)
@@ -403,8 +404,8 @@ def test_others_load_measures_what_another_process_uses() -> None:
 
 def test_points_past_the_timing_budget_are_estimated_by_flops(all_formats: Path) -> None:
     """What an export does past its timing budget (ExportOptions.timing_budget_s): the cheapest point is timed,
-    the others are the format's most expensive timed point scaled by FLOPs, and are listed as estimated; none is
-    missing."""
+    the others are scaled from it by FLOPs (no other batch has a timed point), and are listed as estimated; none
+    is missing."""
     from torchship.timing import time_formats
 
     engine = torchship.load(all_formats).engine
@@ -418,6 +419,24 @@ def test_points_past_the_timing_budget_are_estimated_by_flops(all_formats: Path)
             batch, seq = map(int, key.split("x"))
             expected = medians["1x8"] * batch * engine.cost(seq) / engine.cost(8)
             assert medians[key] == pytest.approx(expected, rel=1e-3), (name, key)
+
+
+def test_every_grid_batch_is_timed_before_the_budget_goes_to_longer_lengths(all_formats: Path) -> None:
+    """Which format is fastest depends on the batch: each batch gets an anchor point first, and a point left out
+    is estimated from its own batch's timed points (one batch-1 point scaled to batch 32 misrouted a corpus)."""
+    from torchship.timing import estimate, order
+
+    engine = torchship.load(all_formats, format="onnx").engine
+    assert order(engine, [8, 32]) == [(1, 8), (8, 8), (32, 8), (1, 32), (8, 32), (32, 32)]
+    timed = {"1x8": 1.0, "8x8": 4.0, "32x8": 20.0, "1x32": 5.0}
+    filled = estimate(engine, timed, order(engine, [8, 32]))
+    assert filled == {"8x32", "32x32"}
+    ratio = engine.cost(32) / engine.cost(8)
+    assert timed["8x32"] == pytest.approx(4.0 * ratio, rel=1e-3)  # from 8x8, not from batch 1
+    assert timed["32x32"] == pytest.approx(20.0 * ratio, rel=1e-3)
+    lone = {"1x8": 1.0}
+    estimate(engine, lone, order(engine, [8, 32]))
+    assert lone["32x32"] == pytest.approx(32 * engine.cost(32) / engine.cost(8), rel=1e-3)  # no batch-32 anchor
 
 
 def test_timing_budget_zero_times_the_cheapest_point_only(tiny_bert_dir: Path, tmp_path: Path) -> None:

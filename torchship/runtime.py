@@ -71,8 +71,8 @@ class Predictor:
             if options.calibrate is None:  # not asked for: re-timing stale timings costs the load little
                 budget = min(budget, AUTO_CALIBRATE_S)
                 log.info("torchship: re-timing %s's formats at load: %s", root, self.engine.retime)
-            recorded = manifest.timings.seq if manifest.timings else self.engine.buckets
-            timings = time_formats(self.engine, recorded, total_s=budget, recorded=manifest.timings)
+            grid = manifest.timings.seq if manifest.timings else self.engine.buckets
+            timings = time_formats(self.engine, grid, total_s=budget)
             source = "calibrated" if options.calibrate else f"re-timed at load: {self.engine.retime}"
             self.engine.timings = dataclasses.replace(timings, source=source)
             keep = self.engine.routed()  # a format that won nowhere is never used: let it go

@@ -23,25 +23,28 @@ def time_formats(
     budget_s: float = 0.15,
     max_reps: int = 15,
     total_s: float | None = None,
-    recorded: Timings | None = None,
 ) -> Timings:
     """Median milliseconds of each loaded format at every (batch, seq) of the grid.
 
-    Each point: every format warms up once, then the formats take turns, one run each per round (in alternating
-    order), for at least 3 rounds and until ``budget_s`` per format is spent or ``max_reps`` rounds are run.
-    Taking turns gives every format the same machine: a job that starts or stops meanwhile slows each format
-    alike instead of whichever was being timed, so it cannot flip which one routing picks. What other processes
-    used of the CPUs meanwhile is recorded (``Timings.others_load``), with the machine (``Timings.machine``).
-    With ``total_s``, points are timed cheapest first, and timing stops before a point whose expected cost (the
-    last point's, scaled by FLOPs) would pass ``total_s``. A point left out keeps its ``recorded`` timing scaled
-    by how much faster or slower that format ran here than recorded at the points timed (the median ratio); with
-    nothing recorded, it is estimated as the format's most expensive timed point scaled by FLOPs. Either way it
-    is listed in ``Timings.estimated``. The points left out are the largest, where every format's FLOP rate has
-    settled. Runs through ``Engine.forward``, so no hook counts them.
+    Each point: each format in turn warms up once, then runs alone, at least 3 times and until ``budget_s`` is
+    spent or ``max_reps`` runs. Formats are not interleaved run by run: a run right after another runtime's pays
+    for its thread pool still spinning (MiniLM at 8x16: 31 against 14.5 ms for AOTInductor, 40 against 19.7 ms
+    for TorchScript), a cost a run of micro-batches in one format never pays. What other processes used of the
+    CPUs meanwhile is recorded (``Timings.others_load``), with the machine (``Timings.machine``): a load re-times
+    where they do not describe it (machine.stale), as a busy machine can change which format is fastest.
+    With ``total_s``, the cheapest point of each grid batch is timed first, then the others cheapest first, and
+    timing stops before a point whose expected cost (the last point's, scaled by FLOPs) would pass ``total_s``.
+    A point left out is estimated from the format's most expensive timed point of the same batch, scaled by
+    FLOPs (of any batch where none of it was timed), and listed in ``Timings.estimated``; a re-timing at load
+    never keeps the export's figures, which are re-timed because they do not describe this process (a disturbed
+    table scaled by this machine's pace kept 17 % of its regret on the corpus: benchmarks/routing.py).
+    Which format is fastest depends on the batch more than on
+    the length: one batch-1 point scaled to batch 32 sent MiniLM's whole corpus to ONNX, 1.23x slower than
+    AOTInductor (benchmarks/routing.py). Runs through ``Engine.forward``, so no hook counts them.
     """
     medians: dict[str, dict[str, float]] = {name: {} for name in engine.backends}
     generator = torch.Generator().manual_seed(0)
-    points = sorted(((b, s) for b in GRID_BATCHES for s in seqs), key=lambda p: _cost(engine, *p))
+    points = order(engine, seqs)
     probe = OthersLoad().start()
     started, last = time.perf_counter(), None
     for batch, seq in points:
@@ -52,41 +55,20 @@ def time_formats(
                 break
         point_started = time.perf_counter()
         ids = torch.randint(1000, 2000, (batch, seq), generator=generator)
-        runs = []
-        for backend in engine.backends.values():
+        for name, backend in engine.backends.items():
             padded = engine.pad({"input_ids": ids}, backend.pad_length(seq))
-            engine.forward(backend, padded)  # warm-up
-            runs.append((backend, padded))
-        times: list[list[float]] = [[] for _ in runs]
-        rounds = 0
-        while rounds < 3 or (rounds < max_reps and sum(map(sum, times)) < budget_s * len(runs)):
-            order = range(len(runs)) if rounds % 2 == 0 else reversed(range(len(runs)))
-            for i in order:
+            engine.forward(backend, padded)  # warm-up: the first run after another format pays for the switch
+            times: list[float] = []
+            while len(times) < 3 or (sum(times) < budget_s and len(times) < max_reps):
                 start = time.perf_counter()
-                engine.forward(*runs[i])
-                times[i].append(time.perf_counter() - start)
-            rounds += 1
-        for name, taken in zip(engine.backends, times, strict=True):
-            medians[name][f"{batch}x{seq}"] = round(statistics.median(taken) * 1e3, 4)
+                engine.forward(backend, padded)
+                times.append(time.perf_counter() - start)
+            medians[name][f"{batch}x{seq}"] = round(statistics.median(times) * 1e3, 4)
         last = (time.perf_counter() - point_started, cost)
     others = probe.share()
     estimated: set[str] = set()
-    for name, timed in medians.items():
-        before = recorded.median_ms.get(name, {}) if recorded is not None else {}
-        ratios = [timed[k] / before[k] for k in timed if before.get(k)]
-        scale = statistics.median(ratios) if ratios else 1.0
-        for key, ms in before.items():  # points not timed here: what was recorded, at this machine's pace
-            if key not in timed:
-                timed[key] = round(ms * scale, 4)
-                estimated.add(key)
     for timed in medians.values():
-        anchor = max(timed, key=lambda k: _cost(engine, *_point(k)), default=None)
-        for batch, seq in points:
-            key = f"{batch}x{seq}"
-            if key not in timed and anchor is not None:
-                scale = _cost(engine, batch, seq) / _cost(engine, *_point(anchor))
-                timed[key] = round(timed[anchor] * scale, 4)
-                estimated.add(key)
+        estimated |= estimate(engine, timed, points)
     return Timings(
         list(GRID_BATCHES),
         list(seqs),
@@ -96,6 +78,29 @@ def time_formats(
         machine=fingerprint(engine.device),
         others_load=others,
     )
+
+
+def order(engine: Engine, seqs: list[int]) -> list[tuple[int, int]]:
+    """The grid's (batch, seq) points in the order they are timed: the cheapest of each batch (an anchor for
+    every batch), then the others cheapest first."""
+    by_cost = sorted(((b, s) for b in GRID_BATCHES for s in seqs), key=lambda p: _cost(engine, *p))
+    firsts = [next(p for p in by_cost if p[0] == b) for b in GRID_BATCHES]
+    return firsts + [p for p in by_cost if p not in firsts]
+
+
+def estimate(engine: Engine, timed: dict[str, float], points: list[tuple[int, int]]) -> set[str]:
+    """Fill ``timed`` (one format's milliseconds by point) at the ``points`` it lacks: the most expensive timed
+    point of the same batch (else of any batch) scaled by FLOPs. Returns the points filled."""
+    measured = dict(timed)
+    filled = set()
+    for batch, seq in points:
+        key = f"{batch}x{seq}"
+        pool = [k for k in measured if _point(k)[0] == batch] or list(measured)
+        if key not in timed and pool:
+            anchor = max(pool, key=lambda k: _cost(engine, *_point(k)))
+            timed[key] = round(measured[anchor] * _cost(engine, batch, seq) / _cost(engine, *_point(anchor)), 4)
+            filled.add(key)
+    return filled
 
 
 def _cost(engine: Engine, batch: int, seq: int) -> int:

@@ -48,10 +48,7 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	@# mypy uses one core; beside it, tools/warm_bytecode.py imports what every test worker imports, so its
-	@# bytecode is written once instead of by three workers at once (a fresh clone has none).
-	@mkdir -p build; env -u PYTHONDONTWRITEBYTECODE $(PY) tools/warm_bytecode.py >build/warm-bytecode.log 2>&1 & warm=$$!; \
-		$(VENV)/bin/mypy; status=$$?; wait $$warm || tail -n 20 build/warm-bytecode.log; exit $$status
+	$(VENV)/bin/mypy
 	@# Bytecode is written as modules are first imported, even where PYTHONDONTWRITEBYTECODE is set (as on this
 	@# project's machines): otherwise every test worker, server, Triton stub and Ray worker compiles all it imports
 	@# (measured: pytest 19.7 -> 17.2 min). Compiling at install instead (uv --compile-bytecode) compiled every

@@ -382,6 +382,17 @@ def test_a_disturbed_timing_is_redone_only_on_a_quiet_machine(all_formats: Path,
     assert machine.stale(dataclasses.replace(recorded, others_load=0.1), here, threads) is None
 
 
+def test_an_export_timed_on_a_busy_machine_says_so(tiny_bert_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from torchship import machine
+
+    monkeypatch.setattr(machine.OthersLoad, "share", lambda self: 0.5)  # other processes held half the CPUs
+    options = torchship.ExportOptions(formats=("torchscript", "onnx"), seq_lengths=(8, 32), timing_budget_s=0)
+    data = _manifest(torchship.export(tiny_bert_dir, tmp_path / "art", options))
+    assert data["timings"]["others_load"] == 0.5
+    assert data["timings"]["machine"] == machine.fingerprint(torch.device("cpu"))
+    assert "other processes used 50% of the CPUs while the formats were timed" in data["export"]["notes"]["timings"]
+
+
 def test_others_load_measures_what_another_process_uses() -> None:
     """OthersLoad is the machine's busy time less this process's own: a process spinning one core shows."""
     from torchship.machine import OthersLoad

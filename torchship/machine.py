@@ -8,12 +8,16 @@ process, if they do not, so the runtime re-times them at load (``LoadOptions.cal
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .artifact import Timings
 
 ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve")
 # Other processes using at least this share of the CPUs while formats are timed make the timings suspect, and a
@@ -22,6 +26,7 @@ DISTURBED = 0.25
 QUIET = 0.10
 
 
+@functools.cache  # read once per process: every load of an artifact with timings compares it
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
     try:
@@ -31,19 +36,20 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def _isa() -> list[str]:
+@functools.cache
+def _isa() -> tuple[str, ...]:
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
     except OSError:
-        return []
-    return sorted(set(flags) & set(ISA))
+        return ()
+    return tuple(sorted(set(flags) & set(ISA)))
 
 
 def fingerprint(device: torch.device) -> dict[str, Any]:
     """What timings depend on besides threads: the CPU (name, cores, the vector and matrix instructions that
     decide which kernels run) and, on an accelerator, its name."""
-    out: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": _isa()}
+    out: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": list(_isa())}
     if device.type == "cuda":
         out["device"] = torch.cuda.get_device_name(device)
     elif device.type != "cpu":
@@ -86,8 +92,8 @@ def others_load_now(seconds: float = 0.1) -> float | None:
     return probe.share()
 
 
-def stale(timings: Any, device: torch.device, threads: int) -> str | None:
-    """Why ``timings`` (artifact.Timings) do not describe this process, or None when they do: another machine,
+def stale(timings: Timings, device: torch.device, threads: int) -> str | None:
+    """Why ``timings`` do not describe this process, or None when they do: another machine,
     another thread count, or a disturbed timing (other processes busy then) that a quiet machine can now redo.
     Timings recorded before machines were fingerprinted are taken as they are."""
     if timings.machine and timings.machine != (here := fingerprint(device)):

@@ -19,8 +19,8 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, *, mode: str, normalize: bool
     """Pool ``hidden`` (batch, seq, dim) over the tokens where ``mask`` (batch, seq) is 1 -> (batch, dim).
 
     Computed in numpy, in float32, on one thread: torch would spread these ops over its OpenMP threads, which then
-    contend with ONNX Runtime's, still spinning after the run that made ``hidden`` (all-MiniLM-L6-v2, one text of
-    128 tokens end to end: 25.7-48.0 ms pooled by torch, 17.0-20.8 ms by one thread; the graph alone 16.5 ms).
+    contend with ONNX Runtime's, still spinning after the run that made ``hidden`` (benchmarks/pooling.py measures
+    both side by side: all-MiniLM-L6-v2, one text of 128 tokens end to end, the README's "Pooling" figures).
     """
     h = hidden.detach().cpu().float().numpy()
     if mode == "cls":

@@ -271,7 +271,8 @@ def _cache_key(manifest: artifact.Manifest, config: Any, quantized: bool = False
         "weights": manifest.source["weights_sha256"],
         "config": {k: v for k, v in config.to_dict().items() if k != "_name_or_path"},  # where it lies: not keyed
         "task": manifest.task,
-        "architecture": manifest.architecture,  # the attention implementation traced
+        "architecture": manifest.architecture,  # the attention implementation traced, the dense layers' layout
+        "unpad revision": unpad.REVISION if manifest.architecture.get("dense_layers") == "real tokens only" else None,
         "pooling": manifest.pooling,  # SPLADE pools inside the graph
         "inputs": manifest.inputs,
         "outputs": manifest.outputs,

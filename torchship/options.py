@@ -55,8 +55,7 @@ class ExportOptions:
     ``atol`` and ``attn_implementation`` default to the architecture's ``ArchSpec`` (its measured choice).
     ``unpad`` runs the dense layers on real tokens only, inside the graph (torchship/unpad.py); None (the default)
     does so wherever it can: BERT-layout encoders (BERT, RoBERTa, XLM-R, ELECTRA), in formats that take shapes
-    that depend on the data (all but Neuron), except ONNX in int8 (``Format.unpads``). False keeps the padded
-    layout.
+    that depend on the data (all but Neuron: ``Format.unpads``), int8 included. False keeps the padded layout.
     An int8 export is gated on its agreement with float32 on real text (validate.Judge): the lowest cosine
     similarity of embeddings (``min_cosine``, for feature extraction and sparse embeddings) or the share of top-1
     choices kept (``min_top1``: labels, tokens, spans); when the gate fails, the most sensitive layers stay in

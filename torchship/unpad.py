@@ -18,6 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+# The layout of the graph this module traces, keyed in the export cache (exporter._cache_key): a graph cached
+# under an older revision is exported again. 2: linear layers take (1, tokens, features), so ONNX records them as
+# MatMul and Add, which ONNX Runtime's dynamic int8 quantizes, not Gemm, which it leaves in float32.
+REVISION = 2
+
 
 def base_of(model: Any) -> Any:
     """The BERT-layout base model inside ``model`` (itself, or its ``base_model``), or None."""
@@ -47,7 +52,7 @@ class UnpaddedEncoder(nn.Module):
         self.heads = int(config.num_attention_heads)
         self.hidden = int(config.hidden_size)
         self.head_dim = self.hidden // self.heads
-        self.layers = nn.ModuleList(_Layer(layer) for layer in base.encoder.layer)
+        self.encoder = _Layers(base.encoder.layer)  # named as in the model: int8's gate groups by these names
         self.config = config
 
     def forward(
@@ -64,13 +69,19 @@ class UnpaddedEncoder(nn.Module):
         idx = attention_mask.reshape(-1).nonzero().squeeze(1)  # the real tokens, row-major
         x = emb.reshape(batch * seq, self.hidden).index_select(0, idx)
         bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
-        for layer in self.layers:
+        for layer in self.encoder.layer:
             x = layer(x, idx, bias, batch, seq, self.heads, self.head_dim)
         last = x.new_zeros(batch * seq, self.hidden).index_copy(0, idx, x).view(batch, seq, self.hidden)
         out = {"last_hidden_state": last}
         if self.pooler is not None:
             out["pooler_output"] = self.pooler(last)
         return out
+
+
+class _Layers(nn.Module):
+    def __init__(self, layers: Any) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(_Layer(layer) for layer in layers)
 
 
 class _Layer(nn.Module):
@@ -92,13 +103,21 @@ class _Layer(nn.Module):
     def forward(self, x: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor, batch: int, seq: int, heads: int,
                 head_dim: int) -> torch.Tensor:  # fmt: skip
         hidden = heads * head_dim
-        qkv = x.new_zeros(batch * seq, 3 * hidden).index_copy(0, idx, self.qkv(x))
+        qkv = x.new_zeros(batch * seq, 3 * hidden).index_copy(0, idx, _dense(self.qkv, x))
         q, k, v = qkv.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, d)
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + bias
         ctx = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(batch * seq, hidden).index_select(0, idx)
-        x = self.attn_norm(self.attn_out(ctx) + x)
-        out: torch.Tensor = self.out_norm(self.out(self.act(self.inter(x))) + x)
+        x = self.attn_norm(_dense(self.attn_out, ctx) + x)
+        out: torch.Tensor = self.out_norm(_dense(self.out, self.act(_dense(self.inter, x))) + x)
         return out
+
+
+def _dense(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``linear`` on a ``(tokens, features)`` matrix, applied as to a batch of one: ONNX then records MatMul and
+    Add rather than Gemm, which ONNX Runtime's dynamic int8 quantization does not rewrite (REVISION 2). The same
+    GEMM runs either way: float32 ONNX measured 3.46 s on the corpus against 3.49 s with Gemm."""
+    out: torch.Tensor = linear(x.unsqueeze(0)).squeeze(0)
+    return out
 
 
 def unpadded(model: Any) -> nn.Module:

@@ -93,3 +93,36 @@ def test_unpad_refuses_other_layouts(demo_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(torchship.OptionsError, match="BERT-layout encoders .* not distilbert; export without it"):
         torchship.export(tmp_path / "distil", tmp_path / "out", torchship.ExportOptions(formats=TS, unpad=True))
     assert not (tmp_path / "out").exists()
+
+
+def test_splade_head_runs_on_real_tokens_only() -> None:
+    """SPLADE's masked-LM head (its decoder, hidden x vocabulary per token, is the model's largest product) runs on
+    real tokens only as well as the dense layers, and pools the vector the padded graph pools."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import BertConfig, BertForMaskedLM
+
+    from torchship.tasks.sparse_embedding import SpladeModel
+
+    torch.manual_seed(0)
+    c = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    padded = SpladeModel(BertForMaskedLM(c).eval()).eval()
+    fast = unpad.unpadded(padded).eval()
+    assert (fast.real_tokens, padded.real_tokens) == (True, False)  # a rebuilt copy; the reference is untouched
+    ids = torch.randint(5, 1000, (4, 24))
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate((24, 9, 2, 17)):
+        mask[row, :n] = 1
+    real, (batch, seq) = int(mask.sum()), ids.shape
+    with torch.no_grad():
+        want = padded(input_ids=ids, attention_mask=mask)["sparse_embedding"]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        got = fast(input_ids=ids, attention_mask=mask)["sparse_embedding"]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+    assert (want > 0).sum() > 0  # something to compare
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    linear = counts.get("aten.addmm", 0) + counts.get("aten.mm", 0)
+    h, i, vocab = c.hidden_size, c.intermediate_size, c.vocab_size
+    encoder = 2 * real * (4 * h * h + 2 * h * i) * c.num_hidden_layers
+    head = 2 * real * (h * h + h * vocab)  # the head's transform and decoder, on real tokens
+    assert linear == encoder + head
+    assert counts["aten.bmm"] == 4 * batch * seq * seq * h * c.num_hidden_layers  # attention: the padded layout

@@ -62,20 +62,38 @@ class UnpaddedEncoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         **_: Any,
     ) -> dict[str, torch.Tensor]:
-        emb = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        if self.project is not None:
-            emb = self.project(emb)
-        batch, seq = input_ids.shape
-        idx = attention_mask.reshape(-1).nonzero().squeeze(1)  # the real tokens, row-major
-        x = emb.reshape(batch * seq, self.hidden).index_select(0, idx)
-        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
-        for layer in self.encoder.layer:
-            x = layer(x, idx, bias, batch, seq, self.heads, self.head_dim)
-        last = x.new_zeros(batch * seq, self.hidden).index_copy(0, idx, x).view(batch, seq, self.hidden)
+        x, idx = self.tokens(input_ids, attention_mask, token_type_ids)
+        last = scatter(x, idx, *input_ids.shape)
         out = {"last_hidden_state": last}
         if self.pooler is not None:
             out["pooler_output"] = self.pooler(last)
         return out
+
+    def tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last hidden states of the real tokens, ``(tokens, hidden)`` row-major, and their positions in the
+        flattened ``(batch * seq)`` layout (``real_positions``)."""
+        emb = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        if self.project is not None:
+            emb = self.project(emb)
+        batch, seq = input_ids.shape
+        idx = real_positions(attention_mask)
+        x = emb.reshape(batch * seq, self.hidden).index_select(0, idx)
+        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for layer in self.encoder.layer:
+            x = layer(x, idx, bias, batch, seq, self.heads, self.head_dim)
+        return x, idx
+
+
+def real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The positions of the real tokens in the flattened ``(batch * seq)`` layout, row-major."""
+    return attention_mask.reshape(-1).nonzero().squeeze(1)
+
+
+def scatter(x: torch.Tensor, idx: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+    """``(tokens, features)`` back to ``(batch, seq, features)``, zeros at the padded positions."""
+    return x.new_zeros(batch * seq, x.shape[-1]).index_copy(0, idx, x).view(batch, seq, x.shape[-1])
 
 
 class _Layers(nn.Module):
@@ -122,7 +140,8 @@ def _dense(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def unpadded(model: Any) -> nn.Module:
     """A copy of ``model`` whose BERT-layout base runs its dense layers on real tokens only (a task model keeps
-    its head); an OptionsError when the layout is not one of those."""
+    its head; a task graph with ``on_real_tokens(encoder)`` rebuilds itself around the encoder, as SPLADE runs
+    its masked-LM head on real tokens too); an OptionsError when the layout is not one of those."""
     import copy
 
     from .errors import OptionsError
@@ -137,6 +156,10 @@ def unpadded(model: Any) -> nn.Module:
     base = base_of(copied)
     if base is copied:
         return UnpaddedEncoder(copied)
+    on_real_tokens = getattr(copied, "on_real_tokens", None)
+    if on_real_tokens is not None:  # a task graph whose head runs on real tokens too (SPLADE)
+        rebuilt: nn.Module = on_real_tokens(UnpaddedEncoder(base))
+        return rebuilt
     setattr(copied, model.base_model_prefix, _Adapter(UnpaddedEncoder(base)))
     return copied
 
@@ -153,3 +176,20 @@ class _Adapter(nn.Module):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         return BaseModelOutputWithPooling(**self.encoder(input_ids, attention_mask, token_type_ids))
+
+
+class TokensOnly(nn.Module):
+    """What a head calls as its base model when it too should run on real tokens only: ``last_hidden_state`` is
+    ``(1, tokens, hidden)``, the real tokens row-major (a batch of one, as ``_dense`` feeds linear layers); the
+    caller scatters what the head computes from them (``real_positions``, ``scatter``)."""
+
+    def __init__(self, encoder: UnpaddedEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                **_: Any) -> Any:  # fmt: skip
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        x, _idx = self.encoder.tokens(input_ids, attention_mask, token_type_ids)
+        return BaseModelOutputWithPooling(last_hidden_state=x.unsqueeze(0))

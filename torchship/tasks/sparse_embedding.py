@@ -9,7 +9,7 @@ zeros dropped (``threshold`` drops more, ``top_k`` keeps the largest).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from . import Batch, Context, Dims, Param, Task, register
+
+if TYPE_CHECKING:
+    from ..unpad import UnpaddedEncoder
 
 OUTPUT = "sparse_embedding"
 STRATEGIES = ("max", "sum")
@@ -36,15 +39,39 @@ class SpladeModel(nn.Module):
         self.mlm = mlm
         self.config = mlm.config  # what the exporter records (attention implementation, model type)
         self.strategy, self.activation = strategy, activation
+        self.real_tokens = False  # on_real_tokens: the masked-LM head sees the real tokens only
+
+    @property
+    def base_model(self) -> Any:
+        """The masked LM's encoder (what unpad.base_of looks for)."""
+        return self.mlm.base_model
+
+    def on_real_tokens(self, encoder: UnpaddedEncoder) -> SpladeModel:
+        """This graph with ``encoder`` (unpad.UnpaddedEncoder) as the masked LM's base, so the head runs on the
+        real tokens only as well as the dense layers: the head's decoder (hidden x vocabulary per token) is the
+        largest matrix product of the model. The real tokens' scores are scattered back to the padded layout,
+        zeros at padded positions, as the padded graph's mask makes them, before pooling."""
+        from ..unpad import TokensOnly
+
+        setattr(self.mlm, str(self.mlm.base_model_prefix), TokensOnly(encoder))
+        self.real_tokens = True
+        return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
         kwargs.pop("return_dict", None)
         logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask, **kwargs, return_dict=True).logits
-        scores = torch.log1p(torch.relu(logits * attention_mask.unsqueeze(-1).to(logits.dtype)))
-        if self.activation == "log1p_relu":
-            scores = torch.log1p(scores)
+        if self.real_tokens:  # (1, tokens, vocab)
+            from ..unpad import real_positions, scatter
+
+            scores = scatter(self._activate(logits.squeeze(0)), real_positions(attention_mask), *input_ids.shape)
+        else:
+            scores = self._activate(logits * attention_mask.unsqueeze(-1).to(logits.dtype))
         pooled = scores.amax(dim=1) if self.strategy == "max" else scores.sum(dim=1)
         return {OUTPUT: pooled}
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        scores = torch.log1p(torch.relu(logits))
+        return torch.log1p(scores) if self.activation == "log1p_relu" else scores
 
 
 def sparsify(vector: np.ndarray, *, top_k: int | None, threshold: float) -> dict[str, np.ndarray]:

@@ -256,6 +256,45 @@ def test_int8_search_keeps_the_fewest_most_sensitive_groups_and_discards_the_res
     assert (gated.kept, tried, gated.sensitivity) == ((), [()], {})
 
 
+def test_int8_compiled_gate_keeps_more_groups_while_the_compiled_graph_misses() -> None:
+    """AOTInductor's trials run the quantized module eagerly, a close proxy of the compiled package, not an exact
+    one: when the compiled graph misses the gate, the next most sensitive group stays in float32 too."""
+    from torchship.formats import int8
+
+    loss = {"a": 0.001, "b": 0.003, "c": 0.002}  # eager: quantized whole 0.994 holds 0.99
+    penalty = 0.0045  # compiling costs this much more agreement: whole 0.9895 misses, with b kept 0.9925 holds
+    tried: list[tuple[str, ...]] = []
+    compiled: list[tuple[str, ...]] = []
+
+    def trial(keep: tuple[str, ...]) -> tuple[_Agreement, tuple[str, ...]]:
+        tried.append(keep)
+        return _Agreement(1 - sum(v for g, v in loss.items() if g not in keep)), keep
+
+    def judge(graph: tuple[str, ...]) -> _Agreement:
+        compiled.append(graph)
+        return _Agreement(trial(graph)[0].worst - penalty)
+
+    gated = int8.search(list(loss), trial, lambda graph: None)
+    assert gated.kept == ()  # the trials held quantized whole: nothing measured per group
+    assert gated.sensitivity == {}
+    held = int8.hold_compiled(gated, list(loss), trial, judge)
+    assert held.kept == ("b",) == held.graph  # the most sensitive, measured once the compiled graph missed
+    assert compiled == [(), ("b",)]
+    assert held.escalated == 1
+    assert held.agreed.worst == pytest.approx(1 - 0.003 - penalty)
+    assert sorted(held.sensitivity, key=held.sensitivity.get) == ["b", "c", "a"]
+    assert held.whole is gated.whole
+
+    compiled.clear()  # held at once: one compile, nothing more measured
+    assert int8.hold_compiled(gated, list(loss), trial, lambda graph: _Agreement(1.0)).escalated == 0
+
+    penalty = 0.5  # nothing holds compiled: refused after the limit, naming what was kept
+    with pytest.raises(torchship.OptionsError, match=r"not compiled .* nor with 2 more layer group\(s\) kept in "
+                       r"float32 \(b, c\); export float32"):  # fmt: skip
+        int8.hold_compiled(gated, list(loss), trial, judge, limit=3)
+    assert compiled[-1] == ("b", "c")  # all but one group kept, and no further
+
+
 def test_int8_gate_keeps_the_most_sensitive_layers_in_float32(tiny_bert_dir: Path, tmp_path: Path) -> None:
     from torchship.formats.onnx import layer_groups
 

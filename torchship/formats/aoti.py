@@ -80,7 +80,8 @@ class AOTInductor(Format):
     def _quantize(self, job: ExportJob, entry: FormatEntry, refiner: Refiner) -> dict[str, Any]:
         """Replace model.pt2 (float32, validated) with its int8 PT2E quantization, gated on agreement with float32
         on real text: each trial is the quantized module run eagerly; the chosen one is compiled, and judged again
-        compiled (an OptionsError, nothing written, if it no longer holds the gate)."""
+        compiled, keeping more groups in float32 while it misses (int8.hold_compiled; an OptionsError, nothing
+        written, if it still misses)."""
         _torchao()
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -103,22 +104,20 @@ class AOTInductor(Format):
         gated = int8.search(list(groups), trial, lambda module: None)
         path, compiled = job.out / FILE, job.out / "model.int8.pt2"
         float32 = _backend(path, job.max_length, job.buckets)
+        loaded: list[Backend] = []
+
+        def judge(module: torch.nn.Module) -> Any:
+            self._compile(job, compiled, module)  # a loaded package runs from its own extracted copy
+            loaded[:] = [_backend(compiled, job.max_length, job.buckets)]
+            refiner.use(loaded[0])
+            return refiner.agreement()
+
         try:
-            self._compile(job, compiled, gated.graph)
-            quantized = _backend(compiled, job.max_length, job.buckets)
-            refiner.use(quantized)
-            agreed = refiner.agreement()
-            if not agreed.holds():
-                raise OptionsError(
-                    f"int8 held the gate in eager mode ({gated.agreed.metric} {gated.agreed.worst:.5f}) but not "
-                    f"compiled ({agreed.worst:.5f} < {agreed.minimum}); export float32, or lower the gate "
-                    "(--min-cosine / --min-top1)"
-                )
-            pace = int8.speedup(job, float32, quantized)
-            compiled.replace(path)  # the loaded package runs from its own extracted copy
+            gated = int8.hold_compiled(gated, list(groups), trial, judge)
+            pace = int8.speedup(job, float32, loaded[0])
+            compiled.replace(path)
         finally:
             compiled.unlink(missing_ok=True)
-        gated.agreed = agreed
         method = (
             "torchao PT2E (X86InductorQuantizer, linears): int8 weights per output channel, activations quantized "
             "per tensor at run time, compiled by AOTInductor"

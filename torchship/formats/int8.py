@@ -31,13 +31,14 @@ PAYS = 1.1  # int8 must run at least this much faster than float32 to be worth i
 class Gated(Generic[T]):
     """What the gate chose: the groups kept in float32 (most sensitive first), the chosen graph and its
     agreement, the agreement quantized whole, and each group's sensitivity (its agreement quantized alone;
-    empty when the whole graph held)."""
+    empty when the whole graph held); ``escalated``: how many groups ``hold_compiled`` kept on top."""
 
     kept: tuple[str, ...]
     graph: T
     agreed: Any  # validate.Agreement
     whole: Any
     sensitivity: dict[str, float]
+    escalated: int = 0
 
 
 def search(
@@ -79,6 +80,39 @@ def search(
         )
     agreed, graph = trials[kept]
     return Gated(kept, graph, agreed, whole, sensitivity)
+
+
+def hold_compiled(
+    gated: Gated[T],
+    groups: Sequence[str],
+    trial: Callable[[tuple[str, ...]], tuple[Any, T]],
+    judge: Callable[[T], Any],
+    *,
+    limit: int = 3,
+) -> Gated[T]:
+    """The gate again, on the graph as it will run (``judge(graph)``: compile it, return its validate.Agreement),
+    where ``search``'s trials ran a proxy of it (AOTInductor: the quantized module eagerly). While the compiled
+    graph misses the gate, the next most sensitive group stays in float32 too, at most ``limit`` more times (each
+    costs a compile). The sensitivities are measured here when the whole graph held in the trials, so none
+    were. Returns the choice with the compiled agreement; an OptionsError when it still misses."""
+    kept, graph, sensitivity = gated.kept, gated.graph, dict(gated.sensitivity)
+    for extra in range(limit + 1):
+        agreed = judge(graph)
+        if agreed.holds():
+            return Gated(kept, graph, agreed, gated.whole, sensitivity, escalated=extra)
+        if not sensitivity:
+            sensitivity = {g: round(trial(tuple(h for h in groups if h != g))[0].worst, 7) for g in groups}
+        rest = [g for g in sorted(groups, key=lambda g: sensitivity[g]) if g not in kept]
+        if len(rest) <= 1 or extra == limit:
+            break
+        kept += (rest[0],)
+        _, graph = trial(kept)
+    raise OptionsError(
+        f"int8 held the gate in the trials ({gated.agreed.metric} {gated.agreed.worst:.5f}) but not compiled "
+        f"({agreed.worst:.5f} < {agreed.minimum}), nor with {extra} more layer group(s) kept in float32 "
+        f"({', '.join(kept[len(gated.kept):]) or 'none left to keep'}); export float32, or lower the gate "
+        "(--min-cosine / --min-top1)"
+    )
 
 
 def speedup(job: ExportJob, float32: Backend, int8: Backend) -> tuple[str, float]:
@@ -129,6 +163,8 @@ def finish(
     if gated.kept:
         groups = f"{len(gated.kept)} of {len(gated.sensitivity)} layer groups"
         held += f" with {groups} kept in float32 ({', '.join(gated.kept)})"
+    if gated.escalated:
+        held += f"; {gated.escalated} of them kept because the compiled graph missed the gate the trials held"
     return {
         "notes": {"int8": pays + held},
         "precision": {

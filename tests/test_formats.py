@@ -380,6 +380,21 @@ def test_a_disturbed_timing_is_redone_only_on_a_quiet_machine(all_formats: Path,
     monkeypatch.setattr(machine, "others_load_now", lambda seconds=0.1: 0.02)
     assert "other processes used 60% of the CPUs, and they use 2% now" in str(machine.stale(disturbed, here, threads))
     assert machine.stale(dataclasses.replace(recorded, others_load=0.1), here, threads) is None
+    assert "timed with 1 micro-batch(es) at once, and this process runs 2" in str(
+        machine.stale(dataclasses.replace(recorded, others_load=0.0), here, threads, 2)
+    )
+
+
+def test_timings_at_several_workers_are_taken_with_micro_batches_at_once(all_formats: Path) -> None:
+    """With workers > 1 a format is timed as the engine runs it, that many micro-batches at once: one that holds
+    the GIL (AOTInductor's runner) cannot overlap them, and timed alone it would take every micro-batch."""
+    threads = torchship.load(all_formats, calibrate=False).timings.threads  # type: ignore[union-attr]
+    predictor = torchship.load(all_formats, threads=threads, workers=2)
+    timings = predictor.timings
+    assert timings is not None
+    assert timings.workers == 2
+    assert "timed with 1 micro-batch(es) at once, and this process runs 2" in timings.source
+    assert torchship.load(all_formats, threads=threads, workers=1).timings.workers == 1  # type: ignore[union-attr]
 
 
 def test_an_export_timed_on_a_busy_machine_says_so(tiny_bert_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -391,6 +406,39 @@ def test_an_export_timed_on_a_busy_machine_says_so(tiny_bert_dir: Path, tmp_path
     assert data["timings"]["others_load"] == 0.5
     assert data["timings"]["machine"] == machine.fingerprint(torch.device("cpu"))
     assert "other processes used 50% of the CPUs while the formats were timed" in data["export"]["notes"]["timings"]
+
+
+def test_points_timed_while_others_were_busy_are_timed_again(all_formats: Path, monkeypatch) -> None:
+    """A job that comes and goes spoils the points it hits, while the whole timing's load stays low: a point
+    during which others used DISTURBED of the CPUs or more is timed once more, and only that point."""
+    from collections import Counter
+
+    from torchship import machine, timing
+
+    engine = torchship.load(all_formats, calibrate=False).engine
+    for name in engine.available:
+        engine.backend(name)
+    shares = iter([0.6])  # the first share asked for, the first point's, was busy; every later one quiet
+    monkeypatch.setattr(machine.OthersLoad, "share", lambda self: next(shares, 0.0))
+    calls: Counter[tuple[int, ...]] = Counter()
+    forward = engine.forward
+
+    def counted(backend, padded):  # type: ignore[no-untyped-def]
+        calls[tuple(padded["input_ids"].shape)] += 1
+        return forward(backend, padded)
+
+    monkeypatch.setattr(engine, "forward", counted)
+    seqs = engine.buckets
+    timings = timing.time_formats(engine, seqs, budget_s=0)  # no budget: 1 warm-up and 3 runs per format
+    formats = len(engine.backends)
+
+    def runs(batch: int, seq: int) -> int:  # forward passes at this grid point, every format's padding
+        return sum(calls[k] for k in {(batch, backend.pad_length(seq)) for backend in engine.backends.values()})
+
+    first, *others = timing.order(engine, seqs)
+    assert runs(*first) == 2 * 4 * formats  # timed twice
+    assert [runs(*point) for point in others] == [4 * formats] * len(others)  # once
+    assert all(f"{first[0]}x{first[1]}" in timings.median_ms[name] for name in engine.backends)
 
 
 def test_others_load_measures_what_another_process_uses() -> None:

@@ -69,6 +69,7 @@ class Timings:
     estimated: list[str] = field(default_factory=list)  # grid points not timed: scaled from what was (timing.py)
     machine: dict[str, Any] = field(default_factory=dict)  # what they were timed on (machine.fingerprint)
     others_load: float | None = None  # the share of the CPUs other processes used meanwhile (machine.OthersLoad)
+    workers: int = 1  # micro-batches run at once while timing (LoadOptions.workers)
 
 
 @dataclass

@@ -155,7 +155,9 @@ class Engine:
             return None
         if options.calibrate:
             return "calibrate=True"
-        return None if self.timings is None else machine.stale(self.timings, self.device, torch.get_num_threads())
+        if self.timings is None:
+            return None
+        return machine.stale(self.timings, self.device, torch.get_num_threads(), options.workers)
 
     def routed(self, calibrate: bool = False) -> list[str]:
         """The formats routing can pick: those fastest at one grid point or more of the recorded timings (the

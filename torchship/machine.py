@@ -92,9 +92,10 @@ def others_load_now(seconds: float = 0.1) -> float | None:
     return probe.share()
 
 
-def stale(timings: Timings, device: torch.device, threads: int) -> str | None:
-    """Why ``timings`` do not describe this process, or None when they do: another machine,
-    another thread count, or a disturbed timing (other processes busy then) that a quiet machine can now redo.
+def stale(timings: Timings, device: torch.device, threads: int, workers: int = 1) -> str | None:
+    """Why ``timings`` do not describe this process, or None when they do: another machine, another thread
+    count or number of workers, or a disturbed timing (other processes busy then) that a quiet machine can now
+    redo.
     Timings recorded before machines were fingerprinted are taken as they are."""
     if timings.machine and timings.machine != (here := fingerprint(device)):
         differ = sorted(k for k in {*timings.machine, *here} if timings.machine.get(k) != here.get(k))
@@ -102,6 +103,8 @@ def stale(timings: Timings, device: torch.device, threads: int) -> str | None:
         return "timed on another machine (" + "; ".join(f"{k} {was.get(k)} -> {now.get(k)}" for k in differ) + ")"
     if timings.machine and timings.threads != threads:
         return f"timed on {timings.threads} intra-op threads, and this process runs {threads}"
+    if timings.workers != workers:  # a format that holds the GIL cannot overlap micro-batches (timing.py)
+        return f"timed with {timings.workers} micro-batch(es) at once, and this process runs {workers}"
     if timings.others_load is not None and timings.others_load >= DISTURBED:
         quiet = others_load_now()
         if quiet is not None and quiet <= QUIET:

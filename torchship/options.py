@@ -173,7 +173,8 @@ class LoadOptions:
     ``truncation="warn"`` cuts texts longer than the longest bucket and warns; ``"error"`` refuses them.
     One forward pass (a micro-batch) holds at most ``micro_batch_size`` rows and ``max_batch_tokens`` padded
     tokens (the server sets both from its own ``max_batch_size`` and ``max_batch_tokens``).
-    ``workers`` micro-batches run at once (threads of Python; torch releases the GIL), each op on
+    ``workers`` micro-batches run at once (threads of Python: TorchScript and ONNX Runtime release the GIL,
+    AOTInductor's runner does not, which timing measures and routing heeds), each op on
     ``threads`` intra-op threads (process-wide ``torch.set_num_threads``; None leaves it as it is). On
     small encoders ``workers=2, threads=1`` uses two cores better than ``workers=1, threads=2``.
     ``verify`` checks every file's sha256 first. ``device`` defaults to the one the artifact was exported for.

@@ -110,7 +110,7 @@ def hold_compiled(
     raise OptionsError(
         f"int8 held the gate in the trials ({gated.agreed.metric} {gated.agreed.worst:.5f}) but not compiled "
         f"({agreed.worst:.5f} < {agreed.minimum}), nor with {extra} more layer group(s) kept in float32 "
-        f"({', '.join(kept[len(gated.kept):]) or 'none left to keep'}); export float32, or lower the gate "
+        f"({', '.join(kept[len(gated.kept) :]) or 'none left to keep'}); export float32, or lower the gate "
         "(--min-cosine / --min-top1)"
     )
 

@@ -511,7 +511,8 @@ def _print_info(path: str | Path) -> None:
         if timings.machine:
             busy = timings.others_load
             busy_text = "" if busy is None else f"; other processes used {busy:.0%} of the CPUs"
-            print(f"  timed on {timings.machine.get('cpu')}, {timings.machine.get('cores')} cores{busy_text}")
+            at_once = f", {timings.workers} micro-batches at once" if timings.workers > 1 else ""
+            print(f"  timed on {timings.machine.get('cpu')}, {timings.machine.get('cores')} cores{at_once}{busy_text}")
         for batch in timings.batch:
             for seq in timings.seq:
                 key = f"{batch}x{seq}"

@@ -96,7 +96,7 @@ def stale(timings: Timings, device: torch.device, threads: int, workers: int = 1
     """Why ``timings`` do not describe this process, or None when they do: another machine, another thread
     count or number of workers, or a disturbed timing (other processes busy then) that a quiet machine can now
     redo.
-    Timings recorded before machines were fingerprinted are taken as they are."""
+    Timings recorded before machines were fingerprinted are taken as they are, but for the number of workers."""
     if timings.machine and timings.machine != (here := fingerprint(device)):
         differ = sorted(k for k in {*timings.machine, *here} if timings.machine.get(k) != here.get(k))
         was, now = timings.machine, here

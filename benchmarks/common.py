@@ -57,3 +57,10 @@ def machine() -> dict[str, Any]:
     from torchship.bench import machine_info
 
     return machine_info()
+
+
+def save(record: dict[str, Any], path: Path) -> None:
+    """Write a benchmark's record as JSON to ``path`` (its folder made as needed) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")

@@ -12,7 +12,6 @@ pass for the repository's corpus, so the machine's drift hits each alike.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import warnings
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import corpus, pin_threads
+from common import corpus, pin_threads, save
 from peers import model_dir, text_of_tokens, tokenizer
 
 
@@ -85,9 +84,7 @@ def main() -> int:
     from common import machine
 
     record["machine"] = machine()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out}")
+    save(record, args.out)
     return 0
 
 

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from common import corpus, pin_threads
+from common import corpus, pin_threads, save
 
 JOBS = {
     "steady": "while True: pass",
@@ -198,9 +198,7 @@ def main() -> int:
         "retimed_source": retimed.source,
         "corpus": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out}")
+    save(record, args.out)
     return 0
 
 

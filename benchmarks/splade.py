@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import corpus, machine, pin_threads  # noqa: E402
+from common import corpus, machine, pin_threads, save  # noqa: E402
 
 import torchship  # noqa: E402
 
@@ -130,9 +130,7 @@ def main() -> int:
         diff = result["max_abs_diff_vs_sparse_encoder"].get(name)
         versus = "" if diff is None else f"  max diff {diff:.1e}"
         print(f"{name:24} {s:6.2f} s  {padded / s:5.2f}x padded{took}{versus}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save(result, args.output)
     return 0
 
 

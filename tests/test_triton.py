@@ -9,6 +9,7 @@ The server is the ``tritonserver`` binary from the ``nvidia-pytriton`` wheel (CP
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -361,7 +362,13 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own(server: triton_se
         i.set_data_from_numpy(_bytes([t]))
         pending.append(client.async_infer("feature_extraction", [i], parameters={"truncate": True}))
     results = [r.get_result() for r in pending]
-    after = client.get_inference_statistics("feature_extraction")["model_stats"][0]
+    # Triton counts a request when its backend releases it, which can come after the response reached the client
+    deadline = time.monotonic() + 10
+    while True:
+        after = client.get_inference_statistics("feature_extraction")["model_stats"][0]
+        if after["inference_count"] - before["inference_count"] >= len(texts) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     single = _infer(client, httpclient, "feature_extraction", {"text": texts}, {"truncate": True}).as_numpy("embedding")
     for k, r in enumerate(results):
         np.testing.assert_allclose(r.as_numpy("embedding")[0], single[k], atol=1e-5)

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import ArtifactError, ChecksumError, MissingFileError, NotAnArtifactError
@@ -185,8 +185,13 @@ _VERIFIED: set[tuple[str, int, int, int, int, str]] = set()
 
 
 def format_files(manifest: Manifest) -> dict[str, set[str]]:
-    """Each format's own files (what only that format loads)."""
-    return {name: {e.file for e in entries} for name, entries in manifest.formats.items()}
+    """Each format's own files (what only that format loads): its entries' files, and every file in the folder of
+    an entry's file when that lies in a folder of its own (OpenVINO's ``openvino/model.xml`` and ``model.bin``)."""
+    owned = {}
+    for name, entries in manifest.formats.items():
+        folders = {PurePosixPath(e.file).parent for e in entries} - {PurePosixPath(".")}
+        owned[name] = {e.file for e in entries} | {f for f in manifest.files if PurePosixPath(f).parent in folders}
+    return owned
 
 
 def verify(root: Path, manifest: Manifest, *, skip: set[str] | frozenset[str] = frozenset()) -> None:

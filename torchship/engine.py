@@ -130,7 +130,7 @@ class Engine:
             torch.set_num_threads(options.threads)  # process-wide: torch has one intra-op pool
         self.device = device.resolve(options.device or manifest.device or "cpu")
         self.format = options.format
-        self.target = Target(self.device, options.threads, sorted(manifest.buckets))
+        self.target = Target(self.device, options.threads, sorted(manifest.buckets), options.workers)
         self.available = available
         self.timings = manifest.timings
         self.retime = self._retime(options)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import OptionsError
 
-ALL_FORMATS = ("torchscript", "aoti", "onnx")  # what "all" means: every format that runs on a plain CPU
+ALL_FORMATS = ("torchscript", "aoti", "onnx", "openvino")  # what "all" means: every format that runs on a plain CPU
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 TRUNCATION = ("warn", "error")
 # The defaults, chosen by measurement (benchmarks/defaults.py, README "Defaults"): TorchScript (the seed's model.pt,
@@ -46,11 +46,11 @@ class ExportOptions:
     the smaller of the model's position limit and sentence-transformers' ``max_seq_length``.
     ``buckets="auto"`` replaces ``seq_lengths`` with the FLOP-optimal ``max_buckets`` edges planned from
     the length sample ``lengths_from`` (see ``torchship plan``). ``formats`` is any of torchscript, aoti,
-    onnx, ``("all",)``, or ``("default",)``: TorchScript and ONNX, those of them that ``dtype`` and ``device``
+    onnx, openvino (the ONNX graph as OpenVINO IR, the openvino extra), ``("all",)``, or ``("default",)``: TorchScript and ONNX, those of them that ``dtype`` and ``device``
     allow; compiled AOTInductor packages and exported ONNX graphs are reused from ``cache_dir``
     (default ``$TORCHSHIP_CACHE`` or ``~/.cache/torchship``). ``dtype`` float16 or bfloat16 traces the model
-    in that dtype on ``device``; int8 (CPU) is dynamic quantization of the validated float32 graph: ONNX Runtime's
-    for onnx, torchao's PT2E for aoti (the int8 extra).
+    in that dtype on ``device``; int8 (CPU) is quantization of the validated float32 graph: ONNX Runtime's dynamic
+    int8 for onnx, torchao's PT2E for aoti (the int8 extra), NNCF's weight-only int8 for openvino.
     Either way the drift from float32 is measured and recorded as ``manifest["precision"]``.
     ``atol`` and ``attn_implementation`` default to the architecture's ``ArchSpec`` (its measured choice).
     ``unpad`` runs the dense layers on real tokens only, inside the graph (torchship/unpad.py); None (the default)

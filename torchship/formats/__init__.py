@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 
 PAD_MULTIPLE = 8  # dynamic formats pad to a multiple of this
 MAX_BATCH = 1024  # dynamic formats' batch bound
-INT8 = "dtype 'int8' is dynamic int8 quantization for CPU, in formats onnx (ONNX Runtime) and aoti (torchao PT2E)"
+INT8 = (
+    "dtype 'int8' is int8 quantization for CPU, in formats onnx (ONNX Runtime, dynamic), aoti (torchao PT2E, "
+    "dynamic) and openvino (NNCF, weight-only)"
+)
 
 Run = Callable[[int, "tuple[torch.Tensor, ...]"], "tuple[torch.Tensor, ...]"]
 
@@ -125,6 +128,7 @@ class Target:
     device: torch.device
     threads: int | None
     snap: list[int]  # the artifact's bucket edges, which dynamic formats may pad to
+    workers: int = 1  # micro-batches run at once (LoadOptions.workers)
 
 
 @dataclass
@@ -168,7 +172,7 @@ class Format:
         if options.dtype == "int8":
             raise OptionsError(
                 f"{INT8} (asked: {', '.join(options.formats)} on {options.device}); "
-                "export it with --format onnx or --format aoti, on --device cpu"
+                "export it with --format onnx, aoti or openvino, on --device cpu"
             )
         raise OptionsError(self.unsupported(options))
 
@@ -232,4 +236,5 @@ from . import torchscript  # noqa: E402, F401
 from . import aoti  # noqa: E402, F401
 from . import onnx  # noqa: E402, F401
 from . import neuron  # noqa: E402, F401
+from . import openvino  # noqa: E402, F401
 # isort: on

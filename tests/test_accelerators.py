@@ -141,15 +141,16 @@ def test_gemm_peak_is_the_faster_of_mm_and_linear_in_each_dtype() -> None:
         assert gemm_peak(n=n, repeats=3, dtype=dtype) > 0.5 * linear_rate
 
 
-def test_int8_is_onnx_or_aoti_on_cpu_only() -> None:
+def test_int8_is_onnx_aoti_or_openvino_on_cpu_only() -> None:
     for bad in (
         {"formats": ("torchscript",)},
         {"formats": ("onnx", "torchscript")},
         {"formats": ("aoti",), "device": "cuda"},
     ):
-        with pytest.raises(torchship.OptionsError, match="dtype 'int8' is dynamic int8 quantization for CPU"):
+        with pytest.raises(torchship.OptionsError, match="dtype 'int8' is int8 quantization for CPU"):
             torchship.ExportOptions(dtype="int8", **bad)  # type: ignore[arg-type]
     assert torchship.ExportOptions(dtype="int8", formats=("onnx", "aoti")).formats == ("onnx", "aoti")
+    assert torchship.ExportOptions(dtype="int8", formats=("openvino",)).formats == ("openvino",)
 
 
 def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
@@ -205,6 +206,48 @@ def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
     for name in ("last_hidden_state", "pooler_output"):
         diff = (got[name] - want[name]).abs().max().item()
         assert 0 < diff <= 1e-4 + 1.5 * precision["tolerance"][name]
+
+
+def test_int8_openvino_compresses_weights_and_gates_by_module(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """Weight-only int8 (NNCF): gated like every int8 export; a gate the whole graph misses keeps the most
+    sensitive linear layers, named by module, in float32, and beyond the gate's own texts it still holds."""
+    from tests.conftest import corpus_texts
+
+    fp32 = torchship.export(
+        tiny_bert_dir, tmp_path / "fp32", torchship.ExportOptions(formats=("openvino",), seq_lengths=(8, 32))
+    )
+    whole = torchship.export(
+        tiny_bert_dir, tmp_path / "whole",
+        torchship.ExportOptions(formats=("openvino",), seq_lengths=(8, 32), dtype="int8"),
+    )  # fmt: skip
+    precision = _manifest(whole)["precision"]
+    assert "nncf.compress_weights" in precision["method"]
+    assert all(0.5 < v < 1 for v in precision["min_cosine"].values()), precision  # int8 loses something
+    bin32, bin8 = (a / "openvino" / "model.bin" for a in (fp32, whole))
+    assert bin8.stat().st_size < 0.6 * bin32.stat().st_size  # 8-bit weights
+    quantized = precision["gate"]["quantized_whole"]
+    assert quantized < 1
+
+    # a gate halfway between what the whole graph reached and 1: it must keep some layers in float32
+    gate = round((quantized + 1) / 2, 7)
+    options = torchship.ExportOptions(formats=("openvino",), seq_lengths=(8, 32), dtype="int8", min_cosine=gate)
+    kept_some = torchship.export(tiny_bert_dir, tmp_path / "kept", options)
+    m = _manifest(kept_some)
+    precision = m["precision"]
+    kept, sensitivity = precision["float32_layers"], precision["sensitivity"]
+    assert kept
+    assert precision["gate"]["held"]
+    assert precision["gate"]["measured"]["sentence_embedding"] >= gate
+    assert kept == sorted(sensitivity, key=sensitivity.get)[: len(kept)], (kept, sensitivity)
+    assert all(name.startswith(("model.encoder.layer.", "model.embeddings.", "model.pooler")) for name in sensitivity)
+    assert all(name in m["export"]["notes"]["int8"] for name in kept)
+    assert bin8.stat().st_size < (kept_some / "openvino" / "model.bin").stat().st_size < bin32.stat().st_size
+    texts = corpus_texts()[:64]  # texts the gate never measured
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # cut at the longest bucket, 32 tokens, alike
+        embedded, reference = torchship.load(kept_some)(texts), torchship.load(fp32)(texts)
+    assert (embedded * reference).sum(1).min() >= 0.995
+    assert m["formats"]["openvino"][0]["parity"]["passed"] is True
 
 
 class _Agreement:

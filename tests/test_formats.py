@@ -16,7 +16,10 @@ import pytest
 import torch
 
 import torchship
-from torchship.formats import aoti, onnx
+from torchship.formats import aoti, onnx, openvino
+
+FORMATS = ["torchscript", "aoti", "onnx", "openvino"]  # what "all" exports
+DYNAMIC = ["aoti", "onnx", "openvino"]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +35,8 @@ def _manifest(path: Path) -> dict:
 
 def test_manifest_records_every_format_with_parity_and_timings(all_formats: Path) -> None:
     m = _manifest(all_formats)
-    assert list(m["formats"]) == ["torchscript", "aoti", "onnx"]
-    for fmt in ("aoti", "onnx"):
+    assert list(m["formats"]) == FORMATS
+    for fmt in DYNAMIC:
         (entry,) = m["formats"][fmt]
         assert entry["batch"] is None
         assert entry["seq"] is None
@@ -44,14 +47,14 @@ def test_manifest_records_every_format_with_parity_and_timings(all_formats: Path
     timings = m["timings"]
     assert timings["batch"] == [1, 8, 32]
     assert timings["seq"] == [8, 32]
-    for fmt in ("torchscript", "aoti", "onnx"):
+    for fmt in FORMATS:
         assert set(timings["median_ms"][fmt]) == {"1x8", "1x32", "8x8", "8x32", "32x8", "32x32"}
         assert all(ms > 0 for ms in timings["median_ms"][fmt].values())
-    assert set(m["export"]["format_seconds"]) == {"torchscript", "aoti", "onnx"}
+    assert set(m["export"]["format_seconds"]) == set(FORMATS)
     assert "onnx_fusion" in m["export"]["notes"]
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "aoti", "onnx"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_each_format_matches_eager_at_untraced_shapes(all_formats: Path, tiny_bert_dir: Path, fmt: str) -> None:
     from transformers import AutoModel
 
@@ -83,7 +86,7 @@ def test_auto_format_picks_the_fastest_recorded(all_formats: Path) -> None:
         assert predictor.engine.select(batch, seq).name == fastest
     texts = ["hello world", "a somewhat longer sentence about muppets and puppets", "x"]
     auto = predictor(texts)
-    for fmt in ("torchscript", "aoti", "onnx"):
+    for fmt in FORMATS:
         np.testing.assert_allclose(torchship.load(all_formats, format=fmt)(texts), auto, atol=1e-5)
 
 
@@ -103,6 +106,12 @@ def test_files_load_without_torchship(all_formats: Path) -> None:
         "token_type_ids": np.zeros((1, 4), np.int64),
     }
     np.testing.assert_allclose(session.run(["pooler_output"], feed)[0], out[1].numpy(), atol=1e-5)
+    import openvino as ov  # the IR with OpenVINO alone; the inputs bound by name
+
+    compiled = ov.Core().compile_model(str(all_formats / openvino.FILE), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert [i.get_any_name() for i in compiled.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    got = compiled.create_infer_request().infer(feed)[compiled.output("pooler_output")]
+    np.testing.assert_allclose(got, out[1].numpy(), atol=1e-5)
 
 
 @pytest.fixture
@@ -254,7 +263,7 @@ def test_calibrate_retimes_the_formats_here_and_routes_by_that(all_formats: Path
     assert (timings.batch, timings.seq) == (recorded["batch"], recorded["seq"])
     assert timings.threads == torch.get_num_threads()
     medians = timings.median_ms
-    assert set(medians) == {"torchscript", "aoti", "onnx"}
+    assert set(medians) == set(FORMATS)
     assert all(set(m) == set(recorded["median_ms"]["onnx"]) and min(m.values()) > 0 for m in medians.values())
     assert medians != recorded["median_ms"]  # measured now, not copied from the manifest
     for batch, seq in [(1, 5), (8, 32), (40, 8)]:
@@ -277,11 +286,14 @@ def test_only_formats_routing_can_pick_are_loaded_and_checked(all_formats: Path,
     art = tmp_path / "art"
     shutil.copytree(all_formats, art)
     data = _manifest(art)
-    data["timings"]["median_ms"]["aoti"] = {k: 1e9 for k in data["timings"]["median_ms"]["aoti"]}
+    for slow in ("aoti", "openvino"):
+        data["timings"]["median_ms"][slow] = {k: 1e9 for k in data["timings"]["median_ms"][slow]}
     (art / "manifest.json").write_text(json.dumps(data))
-    blob = bytearray((art / aoti.FILE).read_bytes())
-    blob[len(blob) // 2] ^= 0xFF
-    (art / aoti.FILE).write_bytes(bytes(blob))
+    weights = "openvino/model.bin"  # beside openvino.FILE: a format's folder is its own
+    for corrupt in (aoti.FILE, weights):
+        blob = bytearray((art / corrupt).read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        (art / corrupt).write_bytes(bytes(blob))
     hashed: list[str] = []
     real = artifact.sha256_file
     monkeypatch.setattr(artifact, "sha256_file", lambda path: hashed.append(path.name) or real(path))
@@ -289,9 +301,12 @@ def test_only_formats_routing_can_pick_are_loaded_and_checked(all_formats: Path,
     assert "aoti" not in predictor.backends
     assert set(predictor.backends) <= {"torchscript", "onnx"}
     assert aoti.FILE not in hashed
+    assert "model.bin" not in hashed
     assert predictor(["hello world"]).shape == (1, 32)
     with pytest.raises(torchship.ChecksumError, match="model.pt2"):
         predictor.run([[101, 2000, 102]], format="aoti")
+    with pytest.raises(torchship.ChecksumError, match=weights):
+        predictor.run([[101, 2000, 102]], format="openvino")
     hashed.clear()
     torchship.load(art, calibrate=False)  # the same files, unchanged: nothing is hashed again
     assert hashed == []
@@ -351,7 +366,7 @@ def test_timings_that_do_not_describe_this_process_are_retimed_at_load(all_forma
     assert "Other CPU -> " in timings.source
     assert "isa ['avx2'] -> " in timings.source
     assert timings.machine == here
-    assert set(timings.median_ms) == {"torchscript", "aoti", "onnx"}
+    assert set(timings.median_ms) == set(FORMATS)
     assert set(predictor.backends) == set(predictor.engine.routed())  # the formats that won nowhere are let go
     assert _manifest(moved)["timings"]["machine"]["cpu"] == "Other CPU"  # the artifact is not touched
     not_asked = torchship.load(moved, calibrate=False).timings

@@ -46,8 +46,9 @@ class ExportOptions:
     the smaller of the model's position limit and sentence-transformers' ``max_seq_length``.
     ``buckets="auto"`` replaces ``seq_lengths`` with the FLOP-optimal ``max_buckets`` edges planned from
     the length sample ``lengths_from`` (see ``torchship plan``). ``formats`` is any of torchscript, aoti,
-    onnx, openvino (the ONNX graph as OpenVINO IR, the openvino extra), ``("all",)``, or ``("default",)``: TorchScript and ONNX, those of them that ``dtype`` and ``device``
-    allow; compiled AOTInductor packages and exported ONNX graphs are reused from ``cache_dir``
+    onnx, openvino (the ONNX graph as OpenVINO IR; the openvino extra), ``("all",)`` (all four), or
+    ``("default",)``: TorchScript and ONNX, those of them that ``dtype`` and ``device`` allow; compiled
+    AOTInductor packages and exported ONNX graphs are reused from ``cache_dir``
     (default ``$TORCHSHIP_CACHE`` or ``~/.cache/torchship``). ``dtype`` float16 or bfloat16 traces the model
     in that dtype on ``device``; int8 (CPU) is quantization of the validated float32 graph: ONNX Runtime's dynamic
     int8 for onnx, torchao's PT2E for aoti (the int8 extra), NNCF's weight-only int8 for openvino.

@@ -8,9 +8,10 @@ padding-free graph of all-MiniLM-L6-v2 about 7 % faster than ONNX Runtime on the
 1x128 and 8x128 (an AVX-512 VNNI machine; benchmarks/peers.py), and weight-only int8 keeps float32's quality
 much better than dynamic int8 (README, "int8").
 
-``--dtype int8`` is NNCF's weight compression (``nncf.compress_weights``, INT8_ASYM): int8 weights per output
-channel, decompressed inside the kernels, activations in float32. Gated like every int8 export (formats/int8.py):
-the most sensitive linear layers stay in float32 until the agreement with float32 on real text holds.
+``--dtype int8`` is NNCF's weight compression (``nncf.compress_weights``, INT8_ASYM): 8-bit weights per output
+channel (uint8 with a zero point), decompressed inside the kernels; activations stay float32. Gated like every
+int8 export (formats/int8.py): the most sensitive linear layers stay in float32 until the agreement with float32
+on real text holds.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ class OpenVINO(Format):
             try:
                 import nncf  # noqa: F401
             except ImportError:
-                raise OptionsError(f"int8 for format 'openvino' needs nncf, which is not installed: {INSTALL}") from None
+                raise OptionsError(
+                    f"int8 for format 'openvino' needs nncf, which is not installed: {INSTALL}"
+                ) from None
 
     def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
         """Convert the ONNX export's float32 graph, the one the ONNX format wrote (or writes now) to the cache."""
@@ -198,7 +201,7 @@ class OpenVINO(Format):
         gated.graph.replace(path)
         refiner.use(quantized)
         method = (
-            "nncf.compress_weights (INT8_ASYM): int8 weights per output channel, decompressed in OpenVINO's "
-            "kernels; activations in float32"
+            "nncf.compress_weights (INT8_ASYM): 8-bit weights per output channel (uint8 with a zero point), "
+            "decompressed in OpenVINO's kernels; activations in float32"
         )
         return int8.finish(self.name, job, entry, refiner, gated, method=method, pace=pace, measured_on="OpenVINO")

@@ -151,6 +151,13 @@ def test_int8_is_onnx_aoti_or_openvino_on_cpu_only() -> None:
             torchship.ExportOptions(dtype="int8", **bad)  # type: ignore[arg-type]
     assert torchship.ExportOptions(dtype="int8", formats=("onnx", "aoti")).formats == ("onnx", "aoti")
     assert torchship.ExportOptions(dtype="int8", formats=("openvino",)).formats == ("openvino",)
+    with pytest.raises(
+        torchship.OptionsError,
+        match="int8 scheme 'static' is not available in format 'onnx', whose schemes are: dynamic",
+    ):
+        torchship.ExportOptions(dtype="int8", formats=("openvino", "onnx"), int8_scheme="static")
+    with pytest.raises(torchship.OptionsError, match=r"int8_scheme is how int8 is quantized; it needs dtype='int8'"):
+        torchship.ExportOptions(formats=("openvino",), int8_scheme="weights")
 
 
 def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
@@ -247,6 +254,47 @@ def test_int8_openvino_compresses_weights_and_gates_by_module(tiny_bert_dir: Pat
         warnings.simplefilter("ignore", UserWarning)  # cut at the longest bucket, 32 tokens, alike
         embedded, reference = torchship.load(kept_some)(texts), torchship.load(fp32)(texts)
     assert (embedded * reference).sum(1).min() >= 0.995
+    assert m["formats"]["openvino"][0]["parity"]["passed"] is True
+
+
+def test_int8_openvino_static_calibrates_once_and_keep_float_restores_float32(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    """Static int8: activations quantized with ranges calibrated on text the gate does not judge; a trial that keeps
+    layers in float32 edits the one quantized model, and keeping every MatMul gives float32's results back."""
+    import openvino as ov
+
+    from torchship import validate
+    from torchship.formats import openvino as ovf
+
+    fp32 = torchship.export(
+        tiny_bert_dir, tmp_path / "fp32", torchship.ExportOptions(formats=("openvino",), seq_lengths=(8, 32))
+    )
+    predictor = torchship.load(fp32)
+    calibration = validate.calibration_texts(32)
+    assert not set(calibration) & set(validate.gate_texts())  # never the texts the gate judges
+    batches = validate.calibration_batches(predictor, calibration)
+    float32 = ovf._read(fp32 / ovf.FILE)
+    static = ovf.quantize_static(float32, batches)
+    restored = ovf.keep_float(static, float32, sorted(ovf.quantized_nodes(static)))
+    assert ovf._names(static, "FakeQuantize")
+    feed = {k: v.numpy() for k, v in batches[-1].items()}
+
+    def run(model: object) -> np.ndarray:
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return np.array(compiled.create_infer_request().infer(feed)[compiled.output("last_hidden_state")])
+
+    want = run(float32)
+    assert np.abs(run(static) - want).max() > 1e-3  # int8 moves the results
+    np.testing.assert_allclose(run(restored), want, atol=1e-4)  # every MatMul kept: float32 again
+
+    options = torchship.ExportOptions(formats=("openvino",), seq_lengths=(8, 32), dtype="int8", int8_scheme="static")
+    art = torchship.export(tiny_bert_dir, tmp_path / "static", options)
+    m = _manifest(art)
+    assert "nncf.quantize" in m["precision"]["method"]
+    assert m["export"]["options"]["int8_scheme"] == "static"
+    assert m["precision"]["gate"]["held"]
+    assert 'type="FakeQuantize"' in (art / ovf.FILE).read_text()
     assert m["formats"]["openvino"][0]["parity"]["passed"] is True
 
 

@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype",
         default="float32",
         choices=DTYPES,
-        help="int8 (CPU): dynamic quantization, ONNX Runtime's for onnx, torchao PT2E for aoti",
+        help="int8 (CPU): ONNX Runtime's dynamic int8 for onnx, torchao PT2E for aoti, NNCF for openvino",
     )
     p.add_argument(
         "--timing-budget", type=float, default=6.0, metavar="SECONDS",
@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gate-texts", type=Path, metavar="FILE",
         help="texts the int8 gate measures on (JSON lines or text lines; default: stdlib docstrings)",
+    )  # fmt: skip
+    p.add_argument(
+        "--int8-scheme", choices=["dynamic", "weights", "static"],
+        help="how int8 is quantized: dynamic (onnx, aoti), weights (weight-only; openvino's default) or static "
+        "(activations calibrated at export; openvino)",
     )  # fmt: skip
     p.add_argument(
         "--min-top1", type=float, default=0.99,
@@ -279,6 +284,7 @@ def _export(args: argparse.Namespace) -> int:
         min_cosine=args.min_cosine,
         min_top1=args.min_top1,
         gate_texts=args.gate_texts,
+        int8_scheme=args.int8_scheme,
         timing_budget_s=args.timing_budget,
     )
     path = export(args.model, args.output_dir, options)

@@ -227,8 +227,12 @@ def _build(
         entries = manifest.formats[name]
         for entry in entries:  # static formats: a record per bucket; dynamic ones: one over every shape
             entry.parity = report.entry(entry.seq) if entry.seq is not None else report.summary()
+
+        def calibration() -> list[dict[str, torch.Tensor]]:
+            return validate.calibration_batches(staging, validate.calibration_texts())
+
         refined = fmt.refine(job, entries[0], formats.Refiner(use, lambda tolerance=None, c=check: c(tolerance),
-                                                               measure, cosine, agreement))  # fmt: skip
+                                                               measure, cosine, agreement, calibration))  # fmt: skip
         notes.update(refined.get("notes", {}))
         if "precision" in refined:
             manifest.precision = refined["precision"]

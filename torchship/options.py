@@ -62,6 +62,9 @@ class ExportOptions:
     choices kept (``min_top1``: labels, tokens, spans); when the gate fails, the most sensitive layers stay in
     float32 until it holds. The gate runs on 256 paragraphs of the Python standard library's docstrings, or on
     the texts of ``gate_texts`` (JSON lines with a text field, or text lines): yours, the closest to production.
+    ``int8_scheme`` picks how: ``dynamic`` (int8 activations quantized at run time; onnx and aoti), ``weights``
+    (weight-only int8, activations in float32; openvino's default) or ``static`` (int8 activations whose ranges
+    are calibrated at export; openvino). None: each format's default.
     ``timing_budget_s`` bounds what timing the formats against each other may cost an
     export of several formats: the cheapest (batch, seq) points are timed first, and the points past the budget
     are estimated from the most expensive timed one by FLOPs (0: time the cheapest point only).
@@ -86,6 +89,7 @@ class ExportOptions:
     min_cosine: float = 0.995
     min_top1: float = 0.99
     gate_texts: Path | None = None
+    int8_scheme: str | None = None
     timing_budget_s: float = 6.0
 
     def __post_init__(self) -> None:
@@ -136,6 +140,16 @@ class ExportOptions:
             raise OptionsError(f"dtype {self.dtype!r} is not supported; choose one of: {', '.join(DTYPES)}")
         for fmt in self.formats:
             formats.get(fmt).check(self)
+        if self.int8_scheme is not None:
+            if self.dtype != "int8":
+                raise OptionsError("int8_scheme is how int8 is quantized; it needs dtype='int8' (--dtype int8)")
+            for fmt in self.formats:
+                schemes = formats.get(fmt).int8_schemes
+                if self.int8_scheme not in schemes:
+                    raise OptionsError(
+                        f"int8 scheme {self.int8_scheme!r} is not available in format {fmt!r}, whose schemes are: "
+                        f"{', '.join(schemes)}"
+                    )
         if self.unpad not in (None, True, False):
             raise OptionsError(f"unpad must be True, False or None (where it applies), got {self.unpad!r}")
         why = [w for w in (formats.get(f).unpads(self) for f in self.formats) if w]

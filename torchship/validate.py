@@ -234,6 +234,21 @@ GATE_MODULES = (
 GATE_TEXTS = 256
 
 
+def calibration_texts(n: int = 128) -> list[str]:
+    """``n`` texts of the same source as ``gate_texts()`` that its default sample does not hold, short and long
+    alike: what static int8 sets its activation ranges on, so that the gate judges it on texts it never saw."""
+    judged = set(gate_texts())
+    rest = [t for t in gate_texts(GATE_TEXTS + 4 * n) if t not in judged]
+    return rest[:: max(1, len(rest) // n)][:n]
+
+
+def calibration_batches(predictor: Predictor, texts: list[str]) -> list[dict[str, torch.Tensor]]:
+    """``texts`` as the runtime would run them: tokenized, planned into micro-batches and padded (Engine.plan)."""
+    encoded = predictor.encoder.encode(list(texts), truncation="warn")
+    jobs = predictor.engine.plan(encoded.lengths)
+    return [predictor.engine.pad_rows(encoded, rows, length) for rows, length, _ in jobs]
+
+
 def gate_texts(n: int = GATE_TEXTS) -> list[str]:
     """``n`` distinct real English texts that every machine has: paragraphs of the Python standard library's
     docstrings (modules, their public classes and functions, in a fixed order), three in four short, one in four
@@ -307,11 +322,9 @@ class Judge:
         self.minimum = minimum
         self.source = source or "the Python standard library's docstrings (validate.gate_texts)"
         texts = texts or gate_texts()
-        encoded = predictor.encoder.encode(list(texts), truncation="warn")
         # batched and padded as the runtime batches and pads them (Engine.plan): int8 activations are quantized
         # per tensor, padded positions included, so how a batch is padded moves the results
-        jobs = predictor.engine.plan(encoded.lengths)
-        self.batches = [predictor.engine.pad_rows(encoded, rows, length) for rows, length, _ in jobs]
+        self.batches = calibration_batches(predictor, texts)
         self.texts = len(texts)
         self.want = [self._judged(reference(inputs), inputs) for inputs in self.batches]
 

@@ -137,13 +137,16 @@ class Refiner:
     ``check(tolerance=None)`` returns its ParityReport against the eager model; ``measure()`` returns its
     measured drift from the float32 eager model, per output (for a lossy rewrite such as int8), and ``cosine()``
     its lowest cosine similarity to that model, per output (validate.measure_cosine); ``agreement()`` its
-    validate.Agreement with that model on real text, as the task's results are read, against the export's gate."""
+    validate.Agreement with that model on real text, as the task's results are read, against the export's gate;
+    ``calibration()`` inputs by name, real text the gate does not judge in the runtime's micro-batches, to set
+    static int8's activation ranges on (validate.calibration_texts)."""
 
     use: Callable[[Backend], None]
     check: Callable[..., Any]
     measure: Callable[[], dict[str, float]]
     cosine: Callable[[], dict[str, float]]
     agreement: Callable[[], Any]
+    calibration: Callable[[], list[dict[str, torch.Tensor]]]
 
 
 class Format:
@@ -155,6 +158,7 @@ class Format:
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float16", "bfloat16")
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     triton_platform: ClassVar[str | None] = None  # the Triton platform that serves this format's file natively
+    int8_schemes: ClassVar[tuple[str, ...]] = ("dynamic",)  # how its int8 can be quantized; the first by default
 
     def fits(self, options: ExportOptions) -> bool:
         """Whether this format can be exported in ``options``' dtype on its device."""

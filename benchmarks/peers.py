@@ -52,9 +52,15 @@ CONTENDERS = {
     "ctranslate2-int8": "the same, compute_type int8",
     "fastembed": "TextEmbedding(sentence-transformers/all-MiniLM-L6-v2, specific_model_path=the ONNX export)",
     "torchship-default": "torchship export with no flags; torchship.load with no options but threads",
-    "torchship-best-2w": "--format all, --buckets auto (K=16 planned on the corpus' odd half); 2 workers x 1 thread",
+    "torchship-best-2w": "--format all (torchscript, aoti, onnx, openvino), --buckets auto (K=16 planned on the "
+    "corpus' odd half); 2 workers x 1 thread",
+    "torchship-openvino": "torchship export --format openvino: the padding-free ONNX graph as OpenVINO IR, float32",
     "torchship-int8": "torchship export --dtype int8 --gate-texts (the corpus' odd half): ONNX Runtime dynamic int8, "
     "padding-free dense layers, the most sensitive linear layers kept in float32 until cosine 0.995 holds",
+    "torchship-openvino-int8": "torchship export --format openvino --dtype int8 --gate-texts (the odd half): NNCF "
+    "weight-only int8 (the default scheme), gated likewise",
+    "torchship-openvino-static": "the same with --int8-scheme static: NNCF W8A8 calibrated on 128 stdlib docstrings, "
+    "gated likewise",
 }
 
 
@@ -183,6 +189,22 @@ def prepare(work: Path, threads: int) -> dict[str, float]:
         torchship.export("demo", work / "torchship-int8", torchship.ExportOptions(dtype="int8", gate_texts=sample))
 
     step("torchship-int8", work / "torchship-int8", torchship_int8)
+
+    def torchship_openvino(**options: Any) -> Callable[[], None]:
+        def run() -> None:
+            import torchship
+
+            name = (
+                "torchship-openvino" + {None: "", "weights": "-int8", "static": "-static"}[options.get("int8_scheme")]
+            )
+            more = {"dtype": "int8", "gate_texts": sample} if options else {}
+            torchship.export("demo", work / name, torchship.ExportOptions(formats=("openvino",), **more, **options))
+
+        return run
+
+    step("torchship-openvino", work / "torchship-openvino", torchship_openvino())
+    step("torchship-openvino-int8", work / "torchship-openvino-int8", torchship_openvino(int8_scheme="weights"))
+    step("torchship-openvino-static", work / "torchship-openvino-static", torchship_openvino(int8_scheme="static"))
     return spent
 
 

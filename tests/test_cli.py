@@ -61,6 +61,16 @@ def test_bad_seq_lengths(tiny_bert_dir: Path, tmp_path: Path, capsys) -> None:
     assert "--seq-lengths: 'abc' is not an integer" in capsys.readouterr().err
 
 
+def test_int8_scheme_a_format_lacks_is_one_line_and_writes_nothing(tiny_bert_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x"
+    args = ["export", str(tiny_bert_dir), str(out), "--format", "onnx", "--dtype", "int8", "--int8-scheme", "static"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "int8 scheme 'static' is not available in format 'onnx', whose schemes are: dynamic" in err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     from torchship import NotAnArtifactError
 

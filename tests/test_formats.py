@@ -254,6 +254,30 @@ except torchship.OptionsError as e:
     assert "pip install 'torchship[onnx]'" in out
 
 
+def test_missing_openvino_names_the_extra(all_formats: Path) -> None:
+    """Without openvino an export that asks for it stops before writing anything, and a load that routes to it
+    (or forces it) says what to install; an artifact's other formats still load."""
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("openvino", "nncf"):
+            raise ImportError("blocked")
+sys.meta_path.insert(0, Block())
+import torchship
+for make in (lambda: torchship.ExportOptions(formats=("all",)),
+             lambda: torchship.load({str(all_formats)!r}, format="openvino")):
+    try:
+        make()
+    except torchship.OptionsError as e:
+        print(e)
+print(torchship.load({str(all_formats)!r}, format="onnx")(["hello"]).shape)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.count("format 'openvino' needs openvino, which is not installed: pip install 'torchship[openvino]'") == 2
+    assert out.strip().endswith("(1, 32)")
+
+
 def test_calibrate_retimes_the_formats_here_and_routes_by_that(all_formats: Path) -> None:
     recorded = _manifest(all_formats)["timings"]
     predictor = torchship.load(all_formats, calibrate=True)

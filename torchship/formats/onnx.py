@@ -69,6 +69,16 @@ def export_graph(
     return list(seen)
 
 
+def cached_graph(job: ExportJob, path: Path) -> list[warnings.WarningMessage]:
+    """Write the exported float32 graph of ``job`` to ``path``: exported now, or the one an export of the same key
+    wrote (``job.reuse``; the OpenVINO format converts the same file)."""
+
+    def make(out: Path) -> list[warnings.WarningMessage]:
+        return export_graph(job.wrapper, job.dynamic_example(), job.input_names, job.output_names, job.max_length, out)
+
+    return job.reuse("onnx", path, make)
+
+
 def fuse(
     path: Path, out: Path, *, model_type: str, ort_type: str | None, num_heads: int, hidden_size: int
 ) -> str | None:
@@ -186,15 +196,8 @@ class ONNX(Format):
         )
 
     def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
-        """The exported float32 graph, or the one an export of the same key wrote (``job.reuse``): fusion and
-        int8 quantization start from it."""
-
-        def make(path: Path) -> list[warnings.WarningMessage]:
-            return export_graph(
-                job.wrapper, job.dynamic_example(), job.input_names, job.output_names, job.max_length, path
-            )
-
-        return job.reuse(self.name, job.out / FILE, make)
+        """The exported float32 graph (``cached_graph``): fusion and int8 quantization start from it."""
+        return cached_graph(job, job.out / FILE)
 
     def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:
         return session(root / FILE, manifest.max_length, threads=target.threads, snap=target.snap)

@@ -203,18 +203,6 @@ def _quiet(nncf: Any) -> Iterator[None]:
         yield
 
 
-def _source(job: ExportJob, path: Path) -> list[warnings.WarningMessage]:
-    """Write the ONNX export's float32 graph to ``path``: the one the ONNX format exported to the cache (the same
-    key), or exported now."""
-
-    def make(out: Path) -> list[warnings.WarningMessage]:
-        return onnx_format.export_graph(
-            job.wrapper, job.dynamic_example(), job.input_names, job.output_names, job.max_length, out
-        )
-
-    return job.reuse(onnx_format.ONNX.name, path, make)
-
-
 @register
 class OpenVINO(Format):
     name = "openvino"
@@ -232,21 +220,16 @@ class OpenVINO(Format):
 
     def check(self, options: Any) -> None:
         super().check(options)
-        require_openvino()
+        require_openvino()  # before anything is written
         if options.dtype == "int8":
-            try:
-                import nncf  # noqa: F401
-            except ImportError:
-                raise OptionsError(
-                    f"int8 for format 'openvino' needs nncf, which is not installed: {INSTALL}"
-                ) from None
+            _nncf()
 
     def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
         """Convert the ONNX export's float32 graph, the one the ONNX format wrote (or writes now) to the cache."""
         ov = require_openvino()
         source = job.out / SOURCE
         try:
-            seen = _source(job, source)
+            seen = onnx_format.cached_graph(job, source)
             (job.out / FILE).parent.mkdir(exist_ok=True)
             ov.save_model(ov.convert_model(str(source)), str(job.out / FILE), compress_to_fp16=False)
         finally:
@@ -269,7 +252,7 @@ class OpenVINO(Format):
         ov = require_openvino()
         path = job.out / FILE
         source = job.out / SOURCE
-        _source(job, source)  # the graph the IR was converted from: it records each node's module path
+        onnx_format.cached_graph(job, source)  # the graph the IR was converted from: its nodes' module paths
         try:
             modules = onnx_format.layer_groups(source)
         finally:

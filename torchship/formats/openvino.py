@@ -77,7 +77,7 @@ def compiled(path: Path | Any, max_length: int, *, threads: int | None, workers:
         config["INFERENCE_NUM_THREADS"] = threads * max(workers, 1)
     model = ov.Core().compile_model(str(path) if isinstance(path, Path) else path, "CPU", config)
     names = [i.get_any_name() for i in model.inputs]
-    outputs = list(model.outputs)
+    outputs = range(len(model.outputs))
     local = threading.local()
 
     def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -85,8 +85,10 @@ def compiled(path: Path | Any, max_length: int, *, threads: int | None, workers:
         if request is None:
             request = local.request = model.create_infer_request()
         feed = {name: np.ascontiguousarray(x.numpy()) for name, x in zip(names, inputs, strict=True)}
-        result = request.infer(feed)  # releases the GIL while it runs
-        return tuple(torch.from_numpy(np.array(result[o])) for o in outputs)  # copied: the request reuses its buffers
+        # the inputs are read in place (they outlive the call), and the GIL is released while it runs; outputs are
+        # copied out of the request's buffers, which its next call reuses
+        request.infer(feed, share_inputs=True, share_outputs=True)
+        return tuple(torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in outputs)
 
     return Backend("openvino", max_length, None, run, snap=snap)
 

@@ -63,9 +63,10 @@ def postprocess(
                 f"dimensions {dimensions} is over this model's {pooled.shape[-1]}; pass {pooled.shape[-1]} or fewer"
             )
         pooled = pooled[:, :dimensions]
-    if normalize if normalize is not None else pooling.get("normalize"):
-        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-    return list(pooled.numpy())
+    vectors = pooled.numpy()
+    if normalize if normalize is not None else pooling.get("normalize"):  # in numpy, as pool: see its docstring
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.float32(1e-12))
+    return list(vectors)
 
 
 @register

@@ -36,7 +36,7 @@ PAD_MULTIPLE = 8  # dynamic formats pad to a multiple of this
 MAX_BATCH = 1024  # dynamic formats' batch bound
 INT8 = (
     "dtype 'int8' is int8 quantization for CPU, in formats onnx (ONNX Runtime, dynamic), aoti (torchao PT2E, "
-    "dynamic) and openvino (NNCF, weight-only)"
+    "dynamic) and openvino (NNCF: weight-only, or static)"
 )
 
 Run = Callable[[int, "tuple[torch.Tensor, ...]"], "tuple[torch.Tensor, ...]"]

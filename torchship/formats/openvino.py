@@ -274,19 +274,20 @@ class OpenVINO(Format):
 
         groups = {g: kept for g, names in modules.items() if (kept := [n for n in names if n in nodes])}
 
-        def trial(keep: tuple[str, ...]) -> tuple[Any, Any]:
+        def trial(keep: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
             model = make([n for g in keep for n in groups[g]])
             refiner.use(compiled(model, job.max_length, threads=None, workers=1, snap=job.buckets))
-            return refiner.agreement(), model
+            return refiner.agreement(), keep  # a trial's model is not kept: made again once chosen (memory)
 
-        gated = int8.search(list(groups), trial, lambda model: None)
+        gated = int8.search(list(groups), trial, lambda keep: None)
+        model = make([n for g in gated.graph for n in groups[g]])
         baseline = compiled(float32, job.max_length, threads=None, workers=1, snap=job.buckets)
-        chosen = compiled(gated.graph, job.max_length, threads=None, workers=1, snap=job.buckets)
+        chosen = compiled(model, job.max_length, threads=None, workers=1, snap=job.buckets)
         pace = int8.speedup(job, baseline, chosen)
         del baseline
         # written beside and renamed over: the float32 IR is memory-mapped (read_model), so it is never overwritten
         written = path.with_name("model.int8.xml")
-        ov.save_model(gated.graph, str(written), compress_to_fp16=False)
+        ov.save_model(model, str(written), compress_to_fp16=False)
         written.with_suffix(".bin").replace(path.with_suffix(".bin"))
         written.replace(path)
         refiner.use(chosen)

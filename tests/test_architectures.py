@@ -39,10 +39,12 @@ AOTI_FAMILY = "bert"  # every task is also compiled with AOTInductor on this fam
 
 def formats_of(family: str, task: str) -> tuple[str, ...]:
     """What each cell exports. SPLADE is a masked LM plus a pooling head, so its cells run in TorchScript only
-    (the masked LM itself is every family's fill-mask cell, in every format); on bert also in ONNX."""
+    (the masked LM itself is every family's fill-mask cell, in every format); on bert also in ONNX. OpenVINO
+    converts the ONNX graph the cell exports anyway (a second or two)."""
     if task == "sparse-embedding":
         return ("torchscript", "onnx") if family == AOTI_FAMILY else ("torchscript",)
-    return ("torchscript", "onnx", "aoti") if family == AOTI_FAMILY else ("torchscript", "onnx")
+    every = ("torchscript", "onnx", "openvino")
+    return (*every, "aoti") if family == AOTI_FAMILY else every
 
 
 TEXTS = ["Jim Henson was a puppeteer in New York.", "Sesame Street", "the muppets were filmed in london studios"]

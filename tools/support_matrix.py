@@ -61,9 +61,9 @@ def render(outcomes: dict[str, bool]) -> str:
         lines.append(f"| {family} | {' | '.join(cells)} |")
     lines += [
         "",
-        "Formats: every cell in torchscript and onnx, and in aoti on bert (`AOTI_FAMILY` in the test), except",
-        "sparse-embedding: a masked LM (the fill-mask cell, in every format) plus SPLADE pooling, in torchscript,",
-        "and onnx too on bert (`formats_of` in the test).",
+        "Formats: every cell in torchscript, onnx and openvino, and in aoti on bert (`AOTI_FAMILY` in the test),",
+        "except sparse-embedding: a masked LM (the fill-mask cell, in every format) plus SPLADE pooling, in",
+        "torchscript, and onnx too on bert (`formats_of` in the test).",
         "Regenerate with `.venv/bin/python tools/support_matrix.py`.",
         "",
         END,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -57,6 +58,16 @@ def machine() -> dict[str, Any]:
     from torchship.bench import machine_info
 
     return machine_info()
+
+
+def arguments(doc: str | None, result: str) -> argparse.ArgumentParser:
+    """The options every interleaved benchmark takes: ``--threads``, ``--rounds`` and ``--output`` (default
+    ``results/<result>``); a benchmark adds its own to the parser it gets."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / result)
+    return parser
 
 
 def save(record: dict[str, Any], path: Path) -> None:

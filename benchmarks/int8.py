@@ -15,7 +15,6 @@ never saw.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,17 +26,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import corpus, machine, pin_threads  # noqa: E402
+from common import arguments, corpus, machine, pin_threads  # noqa: E402
 
 import torchship  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "int8.json")
-    args = parser.parse_args()
+    args = arguments(__doc__, "int8.json").parse_args()
     pin_threads(args.threads)
     texts = corpus()
     work = Path(tempfile.mkdtemp(prefix="torchship-int8-"))

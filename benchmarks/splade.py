@@ -15,7 +15,6 @@ largest difference of every artifact's vectors from SparseEncoder's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import corpus, machine, pin_threads, save  # noqa: E402
+from common import arguments, corpus, machine, pin_threads, save  # noqa: E402
 
 import torchship  # noqa: E402
 
@@ -56,11 +55,7 @@ def splade_checkpoint(root: Path) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "splade.json")
-    args = parser.parse_args()
+    args = arguments(__doc__, "splade.json").parse_args()
     pin_threads(args.threads)
     texts = corpus()
     work = Path(tempfile.mkdtemp(prefix="torchship-splade-"))

@@ -218,6 +218,8 @@ def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
 def test_int8_openvino_compresses_weights_and_gates_by_module(tiny_bert_dir: Path, tmp_path: Path) -> None:
     """Weight-only int8 (NNCF): gated like every int8 export; a gate the whole graph misses keeps the most
     sensitive linear layers, named by module, in float32, and beyond the gate's own texts it still holds."""
+    import openvino as ov
+
     from tests.conftest import corpus_texts
 
     fp32 = torchship.export(
@@ -249,6 +251,17 @@ def test_int8_openvino_compresses_weights_and_gates_by_module(tiny_bert_dir: Pat
     assert all(name.startswith(("model.encoder.layer.", "model.embeddings.", "model.pooler")) for name in sensitivity)
     assert all(name in m["export"]["notes"]["int8"] for name in kept)
     assert bin8.stat().st_size < (kept_some / "openvino" / "model.bin").stat().st_size < bin32.stat().st_size
+
+    # the activations' dynamic quantization group: the largest size that divides the hidden size (32) held the
+    # default gate; the halfway gate tried it, then 16, the smallest, at which layers were kept; the IR carries it
+    assert _manifest(whole)["precision"]["dynamic_quantization"]["group_size"] == 32
+    sizes = precision["dynamic_quantization"]
+    assert list(sizes["quantized_whole"]) == ["32", "16"]
+    assert sizes["group_size"] == 16
+    assert "per group of 16 values" in precision["method"]
+
+    compiled = ov.Core().compile_model(str(kept_some / "openvino" / "model.xml"), "CPU")
+    assert compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 16  # the plugin's default is 32
     texts = corpus_texts()[:64]  # texts the gate never measured
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # cut at the longest bucket, 32 tokens, alike

@@ -36,6 +36,25 @@ def test_embeddings_match_sentence_transformers_on_real_text(demo_predictor, dem
     assert cosine.min() >= 0.99999, f"worst cosine {cosine.min()} at {sample[int(cosine.argmin())][:60]!r}"
 
 
+@pytest.mark.parametrize(("mode", "theirs"), [("cls", "cls"), ("mean", "mean"), ("max", "max"),
+                                              ("mean_sqrt_len", "mean_sqrt_len_tokens")])  # fmt: skip
+def test_pooling_modes_match_sentence_transformers_pooling(mode: str, theirs: str) -> None:
+    """Every pooling mode, in numpy, against sentence-transformers' own Pooling module, on rows with padding
+    (negative values too, so max pooling must skip the padded positions rather than lose to zeros)."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from torchship.tasks.feature_extraction import pool
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 7, 16, generator=generator) - 2
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
+    want = Pooling(16, pooling_mode=theirs)({"token_embeddings": hidden, "attention_mask": mask})["sentence_embedding"]
+    got = pool(hidden, mask, mode=mode, normalize=False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    normalized = pool(hidden, mask, mode=mode, normalize=True)
+    torch.testing.assert_close(normalized, torch.nn.functional.normalize(want), rtol=1e-5, atol=1e-6)
+
+
 def test_results_come_back_in_input_order(demo_predictor) -> None:
     texts = ["short", "a much longer sentence about puppets and television studios in new york", "mid length text"]
     together = demo_predictor(texts)

@@ -248,6 +248,12 @@ class Engine:
     def plan(self, lengths: np.ndarray) -> list[Job]:
         """(rows, padded length, backend) micro-batches: rows sorted by length and grouped by bucket (the
         static buckets, or the bucket edges for dynamic formats), cut within the row and token budgets."""
+        if len(lengths) == 1:  # one text (what a server answers most): one micro-batch, as below, in fewer steps
+            n = int(lengths[0])
+            if n > self.max_length:
+                raise SequenceTooLongError(f"sequence length {n} exceeds the longest traced length {self.max_length}")
+            backend = self.select(1, n)
+            return [([0], backend.pad_length(n), backend)]
         order = np.argsort(lengths, kind="stable").tolist()
         groups: dict[int, list[int]] = {}
         for r in order:

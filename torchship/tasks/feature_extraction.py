@@ -43,14 +43,17 @@ def pooled_array(hidden: np.ndarray, mask: np.ndarray, *, mode: str) -> np.ndarr
         return np.ascontiguousarray(hidden[:, 0])
     weights = mask.astype(np.float32)[:, :, None]  # (batch, seq, 1)
     if mode == "max":
-        return np.where(weights == 0, np.float32(-np.inf), hidden).max(axis=1)
+        maxed: np.ndarray = np.where(weights == 0, np.float32(-np.inf), hidden).max(axis=1)
+        return maxed
     counts = np.maximum(weights.sum(axis=1), np.float32(1e-9))  # (batch, 1)
-    return (hidden * weights).sum(axis=1) / (counts if mode == "mean" else np.sqrt(counts))  # (batch, dim)
+    pooled: np.ndarray = (hidden * weights).sum(axis=1) / (counts if mode == "mean" else np.sqrt(counts))
+    return pooled  # (batch, dim)
 
 
 def normalized(vectors: np.ndarray) -> np.ndarray:
     """Each row of ``vectors`` (n, dim) L2-normalized, as torch.nn.functional.normalize (eps 1e-12)."""
-    return vectors / np.maximum(np.sqrt((vectors * vectors).sum(axis=1, keepdims=True)), np.float32(1e-12))
+    out: np.ndarray = vectors / np.maximum(np.sqrt((vectors * vectors).sum(axis=1, keepdims=True)), np.float32(1e-12))
+    return out
 
 
 def check_pooling(pooling: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -8,9 +8,10 @@ The formats are timed as an export times them (``timing.time_formats``, 6 s budg
 machine; while another process spins one core (a steady job); and while one spins and sleeps in turns of 0.2 s (a
 bursty job), both format by format (every point of one format, then of the next) and point by point (at each
 point, each format in turn: what torchship does). Each table then routes the corpus on the quiet machine,
-interleaved pass by pass with the forced formats, so drift hits each alike. Last, the steady job's table is
-loaded as an artifact with the default ``calibrate=None``: its timings say other processes were busy, the machine
-is quiet now, so the load re-times them (``machine.stale``); the load's seconds are reported.
+interleaved pass by pass with the forced formats, so drift hits each alike. Last, each job's table (point by point)
+is loaded as an artifact with the default ``calibrate=None``: where its timings say other processes were busy
+(``machine.DISTURBED``) and the machine is quiet now, the load re-times them (``machine.stale``); the loads'
+seconds are reported.
 
 Each table's regret is what its routing of the corpus' micro-batches costs by the quiet table's times, over the
 best routing: deterministic, where corpus seconds on a shared 2-core machine vary by 10 % between identical runs.
@@ -110,17 +111,21 @@ def main() -> int:
         for name, t in tables.items()
     }
 
-    # the steady job's table as an artifact's, loaded the default way on the (quiet) machine
+    # each disturbed job's table (timed point by point, as an export times) as an artifact's, loaded the default
+    # way on the (quiet) machine: whether the load re-times it, and in how long
     work = Path(tempfile.mkdtemp(prefix="routing-"))
-    disturbed = shutil.copytree(args.artifact, work / "disturbed")
-    data = json.loads((disturbed / "manifest.json").read_text())
-    data["timings"] = dataclasses.asdict(tables["steady job, point by point"])
-    (disturbed / "manifest.json").write_text(json.dumps(data))
-    started = time.perf_counter()
-    reloaded = torchship.load(disturbed, threads=args.threads)
-    load_s = time.perf_counter() - started
-    assert reloaded.timings is not None
-    retimed = reloaded.timings
+    retimed: dict[str, artifact.Timings] = {}
+    load_s: dict[str, float] = {}
+    for kind in ("steady", "bursty"):
+        disturbed = shutil.copytree(args.artifact, work / kind)
+        data = json.loads((disturbed / "manifest.json").read_text())
+        data["timings"] = dataclasses.asdict(tables[f"{kind} job, point by point"])
+        (disturbed / "manifest.json").write_text(json.dumps(data))
+        started = time.perf_counter()
+        reloaded = torchship.load(disturbed, threads=args.threads)
+        load_s[kind] = time.perf_counter() - started
+        assert reloaded.timings is not None
+        retimed[kind] = reloaded.timings
 
     texts = corpus()
     # The corpus' micro-batches (rows, padded length): what each table routes. Its regret is what its choices cost
@@ -143,7 +148,8 @@ def main() -> int:
         best = sum(min(ms(f, b, s) for f in backends) for b, s in shapes)
         return chosen / best - 1
 
-    tables["steady job's table, re-timed at load (default)"] = retimed
+    for kind, t in retimed.items():
+        tables[f"{kind} job's table, loaded the default way"] = t
     regrets = {name: regret(t) for name, t in tables.items()}
     # tables that route every micro-batch alike run the same work: the corpus is run once per distinct routing
     variants: dict[str, Any] = {f"forced {name}": name for name in backends}
@@ -178,7 +184,8 @@ def main() -> int:
         busy = "-" if t.others_load is None else f"{t.others_load:.0%}"
         print(f"table {name:48s} others used {busy:>4} of the CPUs; winner differs from quiet at "
               f"{flips.get(name, '-')}/{len(grid)} grid points; regret on the corpus {regrets[name]:.2%}")  # fmt: skip
-    print(f"default load of the steady job's artifact: {load_s:.2f} s, source {retimed.source!r}")
+    for kind, t in retimed.items():
+        print(f"default load of the {kind} job's artifact: {load_s[kind]:.2f} s, source {t.source!r}")
     for name, row in rows.items():
         print(f"{name:62s} median {row['median_s']:.3f} s  ({row['vs_best_forced']:.3f}x best forced)  "
               f"min {min(row['runs_s']):.3f} s")  # fmt: skip
@@ -195,7 +202,7 @@ def main() -> int:
         "micro_batches": len(shapes),
         "grid_points": len(grid),
         "default_load_s": load_s,
-        "retimed_source": retimed.source,
+        "retimed_source": {kind: t.source for kind, t in retimed.items()},
         "corpus": rows,
     }
     save(record, args.out)

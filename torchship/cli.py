@@ -84,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--int8-scheme", choices=["dynamic", "weights", "static"],
-        help="how int8 is quantized: dynamic (onnx, aoti), weights (weight-only; openvino's default) or static "
-        "(activations calibrated at export; openvino)",
+        help="how int8 is quantized: dynamic (onnx, aoti), weights (int8 weights, activations quantized per group "
+        "as they run; openvino's default) or static (activations calibrated at export; openvino)",
     )  # fmt: skip
     p.add_argument(
         "--min-top1", type=float, default=0.99,

@@ -63,8 +63,9 @@ class ExportOptions:
     float32 until it holds. The gate runs on 256 paragraphs of the Python standard library's docstrings, or on
     the texts of ``gate_texts`` (JSON lines with a text field, or text lines): yours, the closest to production.
     ``int8_scheme`` picks how: ``dynamic`` (int8 activations quantized at run time; onnx and aoti), ``weights``
-    (weight-only int8, activations in float32; openvino's default) or ``static`` (int8 activations whose ranges
-    are calibrated at export; openvino). None: each format's default.
+    (int8 weights; activations quantized as they run, per group of values of a token whose size the gate picks;
+    openvino's default) or ``static`` (int8 activations whose ranges are calibrated at export; openvino). None:
+    each format's default.
     ``timing_budget_s`` bounds what timing the formats against each other may cost an
     export of several formats: the cheapest (batch, seq) points are timed first, and the points past the budget
     are estimated from the most expensive timed one by FLOPs (0: time the cheapest point only).

@@ -14,6 +14,7 @@ import torchship
 from tests.conftest import CORPUS, TS, corpus_texts
 from torchship import buckets
 from torchship.cli import main
+from torchship.flops import layer_dense_flops
 from torchship.plan import model_info, read_lengths
 
 
@@ -143,10 +144,31 @@ def test_dispatch_uses_the_smallest_bucket_and_counts(tiny_bert_artifact: Path) 
     expected_padded = sum(predictor.bucket_for(n) for n in lengths)
     assert counters.padded_tokens == expected_padded
     cost = predictor.engine.cost
-    assert counters.flops_executed == sum(cost(predictor.bucket_for(n)) for n in lengths)
+    # the dense layers run real tokens only (padding-free, the default for BERT): padding costs attention and the
+    # head, not the dense FLOPs
+    assert predictor.manifest.architecture["dense_layers"] == "real tokens only"
+    config = json.loads((tiny_bert_artifact / "config.json").read_text())
+
+    def dense(seq: int) -> int:
+        return layer_dense_flops(config, 1, seq)
+
+    padded = sum(cost(predictor.bucket_for(n)) for n in lengths)
+    assert counters.flops_executed == padded - sum(dense(predictor.bucket_for(n)) - dense(n) for n in lengths)
     assert counters.flops_unpadded == sum(cost(n) for n in lengths)
-    assert 1.0 < counters.flops_ratio < 3.0
+    assert 1.0 < counters.flops_ratio < padded / counters.flops_unpadded
     np.testing.assert_allclose(out, np.stack([predictor([t])[0] for t in texts]), atol=1e-5)
+
+
+def test_padded_dense_layers_count_every_padded_flop(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """With --no-unpad every term runs at the padded length, and the counters say so."""
+    options = torchship.ExportOptions(formats=TS, seq_lengths=(8, 16, 32), unpad=False)
+    predictor = torchship.load(torchship.export(tiny_bert_dir, tmp_path / "padded", options), max_batch_tokens=32)
+    assert predictor.manifest.architecture["dense_layers"] == "padded"
+    texts = ["a b", "one two three four five six seven eight nine ten eleven", "x"]
+    lengths = predictor.encode(texts).lengths.tolist()
+    predictor(texts)
+    cost = predictor.engine.cost
+    assert predictor.counters.flops_executed == sum(cost(predictor.bucket_for(n)) for n in lengths)
 
 
 def test_workers_give_the_same_results_in_input_order(demo_artifact: Path) -> None:
@@ -164,5 +186,6 @@ def test_workers_give_the_same_results_in_input_order(demo_artifact: Path) -> No
     lengths = one.encode(texts).lengths
     for predictor in (one, two):  # and each ran its own plan, no micro-batch lost or run twice
         jobs = predictor.engine.plan(lengths)
-        assert predictor.counters.flops_executed == sum(len(rows) * predictor.engine.cost(pad) for rows, pad, _ in jobs)
+        executed = sum(predictor.engine.executed_flops([int(lengths[r]) for r in rows], pad) for rows, pad, _ in jobs)
+        assert predictor.counters.flops_executed == executed
     assert len(two.engine.plan(lengths)) > 4  # several micro-batches really ran concurrently

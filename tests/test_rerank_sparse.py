@@ -194,6 +194,29 @@ def test_splade_matches_sparse_encoder_in_every_format(splade: Path, splade_dir:
     assert 0 < len(above["indices"]) < (want[0] > 0).sum()
 
 
+def test_splade_padding_free_counts_only_attention_padding(splade: Path) -> None:
+    """Padding-free SPLADE runs its dense layers and its masked-LM head on real tokens: what a micro-batch
+    executes beyond its unpadded FLOPs is attention over the padded positions, nothing else."""
+    import json
+
+    from torchship.flops import layer_flops
+
+    predictor = torchship.load(splade, format="torchscript")  # static buckets: rows padded past their length
+    assert predictor.manifest.architecture["dense_layers"] == "real tokens only"
+    config = json.loads((splade / "config.json").read_text())
+    seen = []
+    predictor.engine.hooks.append(seen.append)
+    predictor(["a short text", "one that is a little longer than the first one of these", "x y z"])
+
+    def attention(seq: int) -> int:
+        return layer_flops(config, 1, seq)[1]
+
+    padded = [e for e in seen if any(n < e.padded_length for n in e.lengths)]
+    assert padded  # some rows ran padded, so the assertion below can fail
+    for e in seen:
+        assert e.flops_executed - e.flops_unpadded == sum(attention(e.padded_length) - attention(n) for n in e.lengths)
+
+
 def test_splade_sum_pooling(tmp_path: Path, demo_dir: Path) -> None:
     from sentence_transformers import SparseEncoder
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifact, device, formats, machine
+from . import artifact, device, formats, machine, tasks
 from .artifact import Manifest
 from .errors import ArtifactError, InputError, SequenceTooLongError
-from .flops import flops
+from .flops import flops, head_flops, layer_dense_flops
 from .formats import MAX_BATCH, Backend, Target
 from .options import LoadOptions
 from .tasks import Batch
@@ -143,6 +143,16 @@ class Engine:
         config = json.loads((root / "config.json").read_text())
         pooler = "pooler_output" in self.output_names
         self.cost = functools.cache(lambda seq: flops(config, 1, seq, manifest.task, pooler=pooler))
+        # padding-free dense layers (unpad.py) run on real tokens only, and some tasks' heads too: what a
+        # micro-batch executes is less than its padded cost
+        self.dense_unpadded = manifest.architecture.get("dense_layers") == "real tokens only"
+        head = tasks.get(manifest.task).head_on_real_tokens
+        self._dense = functools.cache(
+            lambda seq: (
+                layer_dense_flops(config, 1, seq)
+                + (head_flops(config, 1, seq, manifest.task, pooler=pooler) if head else 0)
+            )
+        )
         self.hooks: list[Hook] = []
 
     # ---- routing -----------------------------------------------------------------------------------------------
@@ -218,12 +228,22 @@ class Engine:
         outputs = self.forward(backend, padded)
         length = padded["input_ids"].shape[1]
         executed = Executed(
-            backend.name, len(lengths), lengths, length, len(lengths) * self.cost(length),
+            backend.name, len(lengths), lengths, length, self.executed_flops(lengths, length),
             sum(self.cost(n) for n in lengths),
         )  # fmt: skip
         for hook in self.hooks:
             hook(executed)
         return outputs
+
+    def executed_flops(self, lengths: list[int], length: int) -> int:
+        """The FLOPs a micro-batch of rows of ``lengths`` real tokens padded to ``length`` executes: every term at
+        the padded length, but an artifact's padding-free dense layers, which run each row's real tokens only
+        (attention, embeddings and the task head still run the padded layout, but SPLADE's head:
+        ``Task.head_on_real_tokens``)."""
+        padded = len(lengths) * self.cost(length)
+        if not self.dense_unpadded:
+            return padded
+        return padded - sum(self._dense(length) - self._dense(n) for n in lengths)
 
     def pad(self, given: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
         """Raw inputs (``input_ids`` and optionally the others) padded to ``length``, one tensor per input name."""

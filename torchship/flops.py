@@ -19,15 +19,23 @@ from typing import Any
 from .registry import ArchSpec, config_get, spec_of
 
 
+def layer_dense_flops(config: Any, batch: int, seq: int) -> int:
+    """FLOPs of the encoder layers' dense matmuls (Q, K, V, output projections, FFN): what padding-free dense
+    layers (unpad.py) run on real tokens only."""
+    spec = spec_of(config)
+    h = spec.dim(config, "hidden_size")
+    i = spec.dim(config, "intermediate_size")
+    ffn = 3 * h * i if spec.glu_ffn else 2 * h * i
+    return 2 * batch * seq * (4 * h * h + ffn) * spec.dim(config, "num_hidden_layers")
+
+
 def layer_flops(config: Any, batch: int, seq: int) -> tuple[int, int]:
     """(dense, attention) FLOPs of the whole encoder stack, embedding projection included."""
     spec = spec_of(config)
     h = spec.dim(config, "hidden_size")
-    i = spec.dim(config, "intermediate_size")
     layers = spec.dim(config, "num_hidden_layers")
     e = spec.dim(config, "embedding_size", h)
-    ffn = 3 * h * i if spec.glu_ffn else 2 * h * i
-    dense = 2 * batch * seq * (4 * h * h + ffn) * layers
+    dense = layer_dense_flops(config, batch, seq)
     if e != h:  # ALBERT and ELECTRA project embeddings up to the hidden size
         dense += 2 * batch * seq * e * h
     attention = 4 * batch * seq * seq * h * layers

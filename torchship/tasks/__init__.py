@@ -149,6 +149,8 @@ class Task:
     has_pooler: ClassVar[bool] = False  # its model may end in the base model's pooler (pooler_output)
     takes_prompts: ClassVar[bool] = False  # sentence-transformers prompts (prompt_name) prefix its texts
     sparse: ClassVar[bool] = False  # results are sparse vectors over the vocabulary (TEI /embed_sparse)
+    # a padding-free artifact runs its head on real tokens too (its task graph's on_real_tokens: unpad.unpadded)
+    head_on_real_tokens: ClassVar[bool] = False
     classifies: ClassVar[bool] = False  # results are ranked {label, score} per text or pair (TEI /predict)
     # how an int8 artifact is held to float32 (validate.Judge): "top1", the share of choices (labels, tokens,
     # spans) that stay the same, or "cosine", the lowest cosine similarity of the vectors people compare

@@ -89,6 +89,7 @@ class SparseEmbedding(Task):
     takes_pairs = False
     takes_prompts = True
     sparse = True
+    head_on_real_tokens = True  # SpladeModel.on_real_tokens
     agreement = "cosine"  # the vectors are compared by dot product, as dense embeddings are
     params = (
         Param("top_k", None, "keep the largest N weights per text; null: every non-zero one", nullable=True),

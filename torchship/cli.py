@@ -9,6 +9,7 @@ import argparse
 import json
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarize an artifact's manifest")
     p.add_argument("artifact", metavar="ARTIFACT")
     p.add_argument("--json", action="store_true", help="print the whole manifest")
+
+    p = sub.add_parser("cache", help="show the export cache (ONNX graphs, AOTInductor packages), or clear it")
+    p.add_argument("--dir", type=Path, default=None, help="the cache (default: $TORCHSHIP_CACHE or ~/.cache/torchship)")
+    p.add_argument("--clear", action="store_true", help="remove its entries (those no running export holds)")
+    p.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                   help="with --clear: only entries unused for more than DAYS days")  # fmt: skip
 
     p = sub.add_parser("validate", help="re-check an artifact's parity against the eager model")
     p.add_argument("artifact", metavar="ARTIFACT")
@@ -570,8 +577,28 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from . import cache
+
+    root = args.dir or cache.default_dir()
+    if args.older_than is not None and not args.clear:
+        raise OptionsError("--older-than goes with --clear: torchship cache --clear --older-than DAYS")
+    limit = cache.max_bytes()
+    if args.clear:
+        removed = cache.clear(root, older_than_days=args.older_than)
+        print(f"removed {len(removed)} entries, {sum(e.size for e in removed) / 2**20:.1f} MiB, from {root}")
+    found = cache.entries(root)
+    total = sum(e.size for e in found)
+    print(f"{root}: {len(found)} entries, {total / 2**20:.1f} MiB of {limit / 2**30:g} GiB (${cache.ENV_MAX})")
+    now = time.time()
+    for e in reversed(found):  # most recently used first
+        print(f"  {e.format:6} {e.path.name:40} {e.size / 2**20:9.1f} MiB  used {(now - e.used) / 86400:.1f} days ago")
+    return 0
+
+
 _COMMANDS = {
     "bench": _bench,
+    "cache": _cache,
     "embed": _embed,
     "export": _export,
     "predict": _predict,

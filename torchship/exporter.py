@@ -7,7 +7,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -20,7 +19,7 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from . import __version__, artifact, device, formats, plan, registry, source, tasks, unpad, validate
+from . import __version__, artifact, cache, device, formats, plan, registry, source, tasks, unpad, validate
 from .errors import ArtifactError, ExportError, OptionsError, UnsupportedModelError
 from .machine import DISTURBED
 from .options import ExportOptions, LoadOptions
@@ -158,7 +157,7 @@ def _build(
     job = formats.ExportJob(
         wrapper=wrapper, examples=examples, input_names=input_names, output_names=output_names,
         max_length=buckets[-1], out=tmp,
-        cache_dir=options.cache_dir or default_cache_dir(), cache_key=_cache_key(manifest, config, quantized),
+        cache_dir=options.cache_dir or cache.default_dir(), cache_key=_cache_key(manifest, config, quantized),
         options=options, model_type=config.model_type, ort_fusion=spec.ort_fusion,
         num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
         hidden_size=int(getattr(config, "hidden_size", 0) or 0),
@@ -257,12 +256,6 @@ def _build(
     steps.update()
     steps.set_postfix_str("done")
     return manifest
-
-
-def default_cache_dir() -> Path:
-    """Where compiled packages are reused from: $TORCHSHIP_CACHE, else ~/.cache/torchship."""
-    env = os.environ.get("TORCHSHIP_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "torchship"
 
 
 def _cache_key(manifest: artifact.Manifest, config: Any, quantized: bool = False) -> str:

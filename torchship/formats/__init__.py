@@ -98,18 +98,24 @@ class ExportJob:
     ) -> list[warnings.WarningMessage]:
         """Write ``path`` by ``make(path)`` (returning the warnings seen), or copy it from the cache, where an
         export of the same key wrote it before (``cache_dir/fmt/cache_key``; a reused file brings no warnings).
-        Exports of the same key take turns (a file lock), so one started meanwhile waits and reuses the file."""
+        Exports of the same key take turns (a file lock), so one started meanwhile waits and reuses the file.
+        The cache stays within its bound (cache.py): a new entry evicts the least recently used others."""
+        from .. import cache
+
+        limit = cache.max_bytes()  # a bad $TORCHSHIP_CACHE_MAX_GB stops the export before anything is made
         cached = self.cache_dir / fmt / (self.cache_key + path.suffix)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        with open(cached.with_suffix(".lock"), "w") as lock:
+        with open(cached.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if cached.is_file():
                 shutil.copyfile(cached, path)
+                cache.touch(cached)
                 return []
             seen = make(path)
             tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
             shutil.copyfile(path, tmp)
             tmp.replace(cached)  # atomic: a reader sees the whole file or none
+        cache.evict(self.cache_dir, limit, keep=cached)
         return seen
 
     def dynamic_example(self) -> tuple[torch.Tensor, ...]:

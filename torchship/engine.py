@@ -218,9 +218,12 @@ class Engine:
     def forward(self, backend: Backend, padded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run padded inputs (by name) through ``backend``; outputs by name, on the CPU. Calls no hooks."""
         length = padded["input_ids"].shape[1]  # (batch, length)
-        inputs = device.to_device(padded, self.device)
-        with torch.inference_mode():
-            outputs = tuple(out.cpu() for out in backend.run(length, tuple(inputs[n] for n in self.input_names)))
+        if self.device.type == "cpu" and not backend.torch_ops:  # no torch call it can spare: see Backend
+            outputs = backend.run(length, tuple(padded[n] for n in self.input_names))
+        else:
+            inputs = device.to_device(padded, self.device)
+            with torch.inference_mode():
+                outputs = tuple(out.cpu() for out in backend.run(length, tuple(inputs[n] for n in self.input_names)))
         return dict(zip(self.output_names, outputs, strict=True))
 
     def execute(self, backend: Backend, padded: dict[str, torch.Tensor], lengths: list[int]) -> dict[str, torch.Tensor]:

@@ -56,6 +56,11 @@ class Backend:
     run: Run  # (padded length, inputs in manifest order) -> outputs in manifest order
     pad_multiple: int = PAD_MULTIPLE
     snap: list[int] = field(default_factory=list)
+    # whether ``run`` runs torch ops (TorchScript, AOTInductor: under inference_mode), or hands numpy to another
+    # runtime (ONNX Runtime, OpenVINO), whose calls the engine makes without torch around them: right after a
+    # run every torch call meets cold caches (four trivial ones took 100-110 us after a 1x16 OpenVINO run, four
+    # numpy calls 37-47 us)
+    torch_ops: bool = True
 
     def pad_length(self, seq: int) -> int:
         """The length a sequence of ``seq`` tokens is padded to."""

@@ -178,7 +178,7 @@ def session(path: Path, max_length: int, *, threads: int | None, snap: list[int]
         feed = {name: np.ascontiguousarray(x.numpy()) for name, x in zip(names, inputs, strict=True)}
         return tuple(torch.from_numpy(o) for o in sess.run(None, feed))
 
-    return Backend("onnx", max_length, None, run, snap=snap)
+    return Backend("onnx", max_length, None, run, snap=snap, torch_ops=False)
 
 
 @register

@@ -107,7 +107,7 @@ def compiled(
         request.infer(feed, share_inputs=True, share_outputs=True)
         return tuple(torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in outputs)
 
-    return Backend("openvino", max_length, None, run, snap=snap)
+    return Backend("openvino", max_length, None, run, snap=snap, torch_ops=False)
 
 
 def _read(path: Path) -> Any:

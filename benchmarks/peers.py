@@ -6,7 +6,8 @@
 Every contender embeds with all-MiniLM-L6-v2 (the bundled model) in its own process, on the same intra-op
 threads, end to end from text (tokenization and pooling included):
 
-- fixed shapes: one text of 16 tokens, one of 128, eight of 128 (texts built to tokenize to exactly that);
+- fixed shapes: one text of 16 tokens, one of 128, eight of 128 (texts built to tokenize to exactly that), each
+  the median of at least 30 runs and 1.5 s;
 - the corpus (data/texts.jsonl), in input order, median of ``--repeats`` passes after a warm-up;
 - its corpus embeddings' cosine against float32 sentence-transformers, text by text (min and mean).
 
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "texts.jsonl"
 SHAPES = ((1, 16), (1, 128), (8, 128))
 BATCH = 32  # the raw runtimes' batch, as sentence-transformers' encode() default
+SHAPE_RUNS, SHAPE_S = 30, 1.5  # each fixed shape: at least this many runs and seconds, the median counts
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -331,10 +333,10 @@ def measure(name: str, work: Path, threads: int, repeats: int, out: Path) -> dic
     shapes = {}
     for batch, seq in SHAPES:
         sample = [text_of_tokens(tok, seq)] * batch
-        for _ in range(3):
+        for _ in range(5):
             embed(sample)
-        times = []
-        for _ in range(max(10, repeats)):
+        times: list[float] = []  # at least SHAPE_RUNS runs and SHAPE_S seconds: a median of 10 moved by 10-20 %
+        while len(times) < SHAPE_RUNS or (sum(times) < SHAPE_S and len(times) < 1000):
             t0 = time.perf_counter()
             embed(sample)
             times.append(time.perf_counter() - t0)

@@ -33,11 +33,12 @@ $(VENV)/.test-installed: pyproject.toml | $(UV) $(TRITON_VENV)/.installed
 # nvidia-pytriton wheel (its Python package is not used, so no dependencies), and the environment Triton's Python
 # backend runs torchship in. That stub (Triton 2.51) reads tensors wrongly under numpy 2, hence numpy<2 here.
 # The packages are the runtime's share of pyproject's dependencies (no transformers: the runtime never imports it;
-# onnxruntime runs the default artifacts' ONNX graph).
+# onnxruntime runs the default artifacts' ONNX graph, openvino an artifact's OpenVINO IR).
 $(TRITON_VENV)/.installed: pyproject.toml | $(UV)
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(UV_INSTALL) $(TRITON_VENV)/bin/python torch==2.13.0 'numpy<2' \
-		'tokenizers>=0.20' 'safetensors>=0.4' 'huggingface-hub>=0.30' 'tqdm>=4.66' 'onnxruntime>=1.20'
+		'tokenizers>=0.20' 'safetensors>=0.4' 'huggingface-hub>=0.30' 'tqdm>=4.66' 'onnxruntime>=1.20' \
+		'openvino>=2025.1'
 	$(UV_INSTALL) $(TRITON_VENV)/bin/python --no-deps -e . 'nvidia-pytriton==0.7.0'
 	touch $@
 

@@ -52,7 +52,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, demo_art
     for task, (head, config) in HEADS.items():
         if task == "text-classification":  # the architecture matrix's BERT cell: its compiled package is reused
             checkpoint = save_cell(root / task, "bert", task, demo_dir)
-            options = torchship.ExportOptions(task=task, seq_lengths=(8, 32), formats=("torchscript", "aoti"))
+            formats = ("torchscript", "aoti", "openvino")
+            options = torchship.ExportOptions(task=task, seq_lengths=(8, 32), formats=formats)
         else:
             checkpoint = save_tiny(root / task, head, demo_dir, **config)
             options = torchship.ExportOptions(task=task, seq_lengths=(16, 64), formats=TS, progress=False)
@@ -112,7 +113,9 @@ def _close(got: Any, want: Any, atol: float = 1e-4) -> bool:
 def test_every_config_parses_as_tritons_model_config(repo: Path, artifacts: dict[str, Path]) -> None:
     names = sorted(p.name for p in repo.iterdir())
     assert names == sorted(
-        [_name(t) for t in artifacts] + [f"{_name(t)}_torchscript" for t in artifacts] + ["text_classification_aoti"]
+        [_name(t) for t in artifacts]
+        + [f"{_name(t)}_torchscript" for t in artifacts]
+        + ["text_classification_aoti", "text_classification_openvino"]
     )
     for model in repo.iterdir():
         config = _config(model / "config.pbtxt")
@@ -197,6 +200,35 @@ def test_aoti_config_agrees_with_manifest_and_the_package(repo: Path, artifacts:
         assert len(o.dims) == tensor.dim()
         assert all(d in (-1, s) for d, s in zip(o.dims, tensor.shape, strict=True))
     assert "INPUT__0 = input_ids" in (model / "config.pbtxt").read_text()
+
+
+def test_openvino_config_agrees_with_manifest_and_the_ir(repo: Path, artifacts: dict[str, Path]) -> None:
+    """Triton's OpenVINO backend binds by the IR's tensor names: the config's names, types and dims are the IR's,
+    checked by compiling the copied IR with OpenVINO and running it at a shape it was never probed at."""
+    import openvino as ov
+
+    manifest = artifact.read_manifest(artifacts["text-classification"])
+    model = repo / "text_classification_openvino"
+    config = _config(model / "config.pbtxt")
+    assert config.backend == "openvino"
+    assert config.max_batch_size == 0
+    assert sorted(p.name for p in (model / "1").iterdir()) == ["model.bin", "model.xml"]
+    assert [i.name for i in config.input] == manifest.inputs
+    assert all((model_config_pb2.DataType.Name(i.data_type), list(i.dims)) == ("TYPE_INT64", [-1, -1])
+               for i in config.input)  # fmt: skip
+    compiled = ov.Core().compile_model(str(model / "1" / "model.xml"), "CPU")
+    assert sorted(i.get_any_name() for i in compiled.inputs) == sorted(manifest.inputs)
+    results = compiled.create_infer_request().infer({n: np.ones((2, 9), dtype=np.int64) for n in manifest.inputs})
+    assert [o.name for o in config.output] == manifest.outputs
+    for o in config.output:
+        got = np.asarray(results[compiled.output(o.name)])
+        assert model_config_pb2.DataType.Name(o.data_type) == "TYPE_FP32"
+        assert got.dtype == np.float32
+        assert len(o.dims) == got.ndim
+        assert all(d in (-1, n) for d, n in zip(o.dims, got.shape, strict=True))
+    params = {p: config.parameters[p].string_value for p in config.parameters}
+    assert params["PERFORMANCE_HINT"] == "LATENCY"
+    assert params["INFERENCE_NUM_THREADS"] == "1"
 
 
 def test_pbtxt_escapes_and_nests() -> None:

@@ -130,10 +130,11 @@ def start(repo: Path, root: Path, ports: tuple[int, int, int], *, timeout: float
 
 
 def text_models_only(repo: Path, out: Path) -> Path:
-    """A view of ``repo`` without its ``_torchscript`` and ``_aoti`` models, whose backends the wheel lacks."""
+    """A view of ``repo`` without its ``_torchscript``, ``_aoti`` and ``_openvino`` models, whose backends the
+    wheel lacks."""
     out.mkdir(parents=True, exist_ok=True)
     for model in sorted(repo.iterdir()):
-        if model.is_dir() and not model.name.endswith(("_torchscript", "_aoti")):
+        if model.is_dir() and not model.name.endswith(("_torchscript", "_aoti", "_openvino")):
             (out / model.name).symlink_to(model.resolve(), target_is_directory=True)
     return out
 

@@ -52,6 +52,10 @@ LIBTORCH_TRITON = (
     "`tritonserver:YY.MM-py3` image)"
 )
 AOTI_TRITON = 'Triton 26.05 or later with its PyTorch backend (`platform: "torch_aoti"`, which is in beta)'
+OPENVINO_TRITON = (
+    'Triton with its OpenVINO backend (`backend: "openvino"`, in the NGC `tritonserver:YY.MM-py3` images), which '
+    "binds inputs and outputs by the IR's tensor names"
+)
 
 
 class Enum(str):
@@ -265,6 +269,28 @@ def aoti_config(name: str, manifest: artifact.Manifest, opts: TritonOptions, kin
     return header + pbtxt(message)
 
 
+def openvino_config(name: str, manifest: artifact.Manifest, opts: TritonOptions, kind: str, p: Probe) -> str:
+    inputs = [_tensor(n, "TYPE_INT64", [-1, -1]) for n in manifest.inputs]
+    outputs = [
+        _tensor(o, _dtype(dtype), _dims(manifest, o, shape, None, batched=False))
+        for o, shape, dtype in zip(manifest.outputs, p.shapes, p.dtypes, strict=True)
+    ]
+    # the IR takes any [batch, seq] itself, so Triton does not batch it (max_batch_size 0): the OpenVINO backend
+    # pads requests to max_batch_size otherwise (ENABLE_BATCH_PADDING) or refuses smaller batches
+    message = _model(name, ("backend", "openvino"), 0, inputs, outputs, opts, kind)
+    params = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if opts.threads is not None:
+        params["INFERENCE_NUM_THREADS"] = str(opts.threads)
+    message += _parameters(params)
+    header = (
+        f"# {name}: token ids in (int64, [batch, seq], any batch <= {formats.MAX_BATCH}, "
+        f"seq 2..{manifest.max_length}), raw outputs out, bound by name.\n"
+        "# model.xml and model.bin are the artifact's OpenVINO IR (an int8 IR carries its runtime options).\n"
+        f"# Needs {OPENVINO_TRITON}.\n"
+    )
+    return header + pbtxt(message)
+
+
 @dataclass(frozen=True)
 class Native:
     """A Triton platform that runs an artifact's file itself: its config writer, the file name it loads, the
@@ -297,6 +323,17 @@ NATIVE = {
             "Token ids in (int64, any [batch, seq]), raw outputs out: the artifact's AOTInductor `model.pt2`. "
             f"Needs {AOTI_TRITON}. torchship did not run it in Triton (the backend is not on PyPI); its config was "
             "checked against Triton's ModelConfig schema."
+        ),
+    ),
+    "openvino": Native(
+        openvino_config,
+        "model.xml",
+        lambda longest: min(8, longest),
+        lambda longest: (
+            "Token ids in (int64, any [batch, seq]), raw outputs out, by name: the artifact's OpenVINO IR "
+            f"(`model.xml`, `model.bin`). Needs {OPENVINO_TRITON}. torchship did not run it in Triton (the backend "
+            "is not on PyPI); its config was checked against Triton's ModelConfig schema and against the IR, "
+            "compiled by OpenVINO."
         ),
     ),
 }
@@ -397,7 +434,11 @@ def write_repository(artifact_dir: str | Path, repo: str | Path, options: Triton
         p = probe(root, manifest, f, model.probe_seq(longest))
         with artifact.atomic_dir(repo / names[f], overwrite=opts.overwrite) as tmp:
             (tmp / "config.pbtxt").write_text(model.config(names[f], manifest, opts, kind, p))
-            _link_or_copy(root / formats.get(f).file, tmp / "1" / model.file)
+            source = root / formats.get(f).file
+            if source.parent == root:
+                _link_or_copy(source, tmp / "1" / model.file)
+            else:  # a format whose file lies in a folder owns the folder (OpenVINO: model.xml beside model.bin)
+                _copy_tree(source.parent, tmp / "1")
             (tmp / "README.md").write_text(f"# {names[f]}\n\n{model.readme(longest)}\n")
         written.append(repo / names[f])
     return written

@@ -230,6 +230,7 @@ class OpenVINO(Format):
     dtypes = ("float32", "int8")
     devices = ("cpu",)
     int8_schemes = ("weights", "static")
+    triton_platform = "openvino"  # a backend, not a platform, in Triton's config: triton.openvino_config
 
     def unsupported(self, options: Any) -> str:
         return (

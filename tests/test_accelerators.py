@@ -71,6 +71,43 @@ def test_bfloat16_minilm_embeddings_stay_close_to_float32(demo_artifact: Path, t
     assert cosine.min() > 0.995, cosine  # measured: 0.997-0.999 on these texts
 
 
+def test_bfloat16_openvino_runs_bf16_where_the_cpu_has_it(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """OpenVINO bfloat16: the float32 graph of the bfloat16 weights, run by the plugin in bf16 where the CPU has it
+    (AMX, AVX512-BF16), validated against float32 at the eager bfloat16 model's measured tolerance; the export says
+    whether it is native here and measures what it pays. A float32 artifact is run in f32 on the same CPU."""
+    import openvino as ov
+
+    from tests.conftest import corpus_texts
+
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    options = torchship.ExportOptions(formats=("openvino",), seq_lengths=(8, 32), dtype="bfloat16")
+    bf16 = torchship.export(tiny_bert_dir, tmp_path / "bf16", options)
+    fp32 = torchship.export(tiny_bert_dir, tmp_path / "fp32", dataclasses.replace(options, dtype="float32"))
+    m = _manifest(bf16)
+    assert m["dtype"] == "bfloat16"
+    assert m["formats"]["openvino"][0]["parity"]["passed"] is True
+    tolerance = m["precision"]["tolerance"]
+    assert all(1e-4 < v < 0.5 for v in tolerance.values()), tolerance
+    note = m["export"]["notes"]["bfloat16"]
+    assert ("is native on this CPU" in note) == native, note
+    assert ("x float32 at 8x" in note) == native, note
+
+    ids = torch.randint(1000, 5000, (3, 19))
+    got, want = torchship.load(bf16).run(ids), torchship.load(fp32).run(ids)
+    for name in ("last_hidden_state", "pooler_output"):
+        assert got[name].dtype == torch.float32  # the plugin returns float32 outputs
+        diff = (got[name] - want[name]).abs().max().item()
+        assert diff <= 1e-4 + 1.5 * tolerance[name]
+    # bf16 really ran where the CPU has it; elsewhere the plugin ran float32, the rounded weights aside
+    drift = (got["last_hidden_state"] - want["last_hidden_state"]).abs().max().item()
+    assert drift > 1e-3 if native else drift < tolerance["last_hidden_state"], drift
+    texts = corpus_texts()[:32]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # cut at the longest bucket, 32 tokens, alike
+        cosine = (torchship.load(bf16)(texts) * torchship.load(fp32)(texts)).sum(1)
+    assert cosine.min() > 0.995, cosine
+
+
 def test_onnx_refuses_reduced_precision() -> None:
     with pytest.raises(torchship.OptionsError, match="'onnx' is exported in float32 or int8 for CPU only"):
         torchship.ExportOptions(formats=("onnx",), dtype="bfloat16")
@@ -236,6 +273,12 @@ def test_int8_openvino_compresses_weights_and_gates_by_module(tiny_bert_dir: Pat
     assert bin8.stat().st_size < 0.6 * bin32.stat().st_size  # 8-bit weights
     quantized = precision["gate"]["quantized_whole"]
     assert quantized < 1
+    # where the CPU runs bf16 natively the export measures it beside int8, and says so when it is the faster
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert ("bfloat16_vs_float32" in precision) == native
+    if native:
+        faster = precision["bfloat16_vs_float32"]["ratio"] > precision["speedup_vs_float32"]["ratio"]
+        assert ("export --dtype bfloat16" in _manifest(whole)["export"]["notes"]["int8"]) == faster
 
     # a gate halfway between what the whole graph reached and 1: it must keep some layers in float32
     gate = round((quantized + 1) / 2, 7)

@@ -493,8 +493,9 @@ def _print_info(path: str | Path) -> None:
         if "min_cosine" in m.precision:
             cos = ", ".join(f"{k} {v:.4f}" for k, v in m.precision["min_cosine"].items())
             print(f"              min cosine: {cos}")
-        if "int8" in (m.export or {}).get("notes", {}):
-            print(f"              {m.export['notes']['int8']}")
+        for said in ("int8", "bfloat16"):
+            if said in (m.export or {}).get("notes", {}):
+                print(f"              {m.export['notes'][said]}")
     if m.plan:
         expected = m.plan["expected"]["planned"]
         print(

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from . import artifact, formats
+from .formats.openvino import PRECISIONS
 from .errors import ArtifactError, OptionsError
 from .triton_model import output_name, text_inputs
 
@@ -278,7 +279,9 @@ def openvino_config(name: str, manifest: artifact.Manifest, opts: TritonOptions,
     # the IR takes any [batch, seq] itself, so Triton does not batch it (max_batch_size 0): the OpenVINO backend
     # pads requests to max_batch_size otherwise (ENABLE_BATCH_PADDING) or refuses smaller batches
     message = _model(name, ("backend", "openvino"), 0, inputs, outputs, opts, kind)
-    params = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    # the artifact's precision, stated: the plugin's own default is bf16 on CPUs that have it (AMX), which would
+    # run a float32 or int8 artifact outside the parity it was validated at
+    params = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": PRECISIONS[manifest.dtype]}
     if opts.threads is not None:
         params["INFERENCE_NUM_THREADS"] = str(opts.threads)
     message += _parameters(params)

@@ -25,6 +25,8 @@ text holds.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import io
 import logging
 import threading
@@ -63,6 +65,9 @@ UNGROUPED = "in float32 (no dynamic quantization group size of {groups} divides 
 # hidden size, or the plugin leaves that layer's activations in float32 (tested on a hidden size of 32).
 GROUPS = (128, 64, 32, 16)
 RUNTIME_OPTION = ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"]
+# the plugin's inference precision per artifact dtype, set wherever torchship compiles an IR (and in Triton's
+# config): left to itself the plugin runs bf16 on CPUs that have it (AMX), outside a float32 artifact's parity
+PRECISIONS = {"float32": "f32", "int8": "f32", "bfloat16": "bf16"}
 SOURCE = "openvino.source.onnx"
 # what static int8 quantizes the inputs of: linear layers, the attention products (which OpenVINO fuses into one
 # ScaledDotProductAttention, named as the ONNX graph's second product) and the embedding tables
@@ -78,16 +83,18 @@ def require_openvino() -> Any:
 
 
 def compiled(
-    path: Path | Any, max_length: int, *, threads: int | None, workers: int, snap: list[int], group: int | None = None
+    path: Path | Any, max_length: int, *, threads: int | None, workers: int, snap: list[int], group: int | None = None,
+    precision: str = "f32",
 ) -> Backend:
     """``path`` (or an ``openvino.Model``) compiled for the CPU plugin. One stream per worker (``workers``
     micro-batches run at once, each on ``threads`` threads), and one infer request per calling thread: a request's
     buffers are its own. ``group``: the dynamic quantization group size of weight-compressed layers, when not the
-    one the IR's runtime_options set (or the plugin's default)."""
+    one the IR's runtime_options set (or the plugin's default). ``precision``: the inference precision, f32 or
+    bf16 (``PRECISIONS``)."""
     ov = require_openvino()
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
     if workers > 1:
-        config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": workers}
+        config = {"INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": workers}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads * max(workers, 1)
     if group is not None:
@@ -108,6 +115,23 @@ def compiled(
         return tuple(torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in outputs)
 
     return Backend("openvino", max_length, None, run, snap=snap, torch_ops=False)
+
+
+def bfloat16_pace(job: ExportJob, model: Any = None) -> tuple[tuple[str, float] | None, str]:
+    """Whether this CPU runs the IR (``model``, or the export's) in bfloat16 natively (AMX or AVX512-BF16: the
+    plugin's optimization capabilities list BF16; elsewhere a bf16 hint runs float32), and if so how fast against
+    float32 at the int8 gate's shape (int8.speedup): ``((shape, ratio) or None, a note)``."""
+    if "BF16" not in require_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return None, (
+            "this CPU has no native bfloat16 (AMX or AVX512-BF16): OpenVINO runs this IR in float32 here, and in "
+            "bfloat16 where the CPU has it"
+        )
+    model = _read(job.out / FILE) if model is None else model
+    float32 = compiled(model, job.max_length, threads=None, workers=1, snap=job.buckets)
+    bf16 = compiled(model, job.max_length, threads=None, workers=1, snap=job.buckets, precision="bf16")
+    shape, ratio = int8.speedup(job, float32, bf16)
+    verdict = "pays" if ratio >= int8.PAYS else f"does not pay (under {int8.PAYS}x): export float32"
+    return (shape, ratio), f"bfloat16 is native on this CPU and {verdict}: {ratio:.2f}x float32 at {shape}"
 
 
 def _read(path: Path) -> Any:
@@ -227,15 +251,15 @@ class OpenVINO(Format):
     name = "openvino"
     file = FILE
     static = False
-    dtypes = ("float32", "int8")
+    dtypes = ("float32", "bfloat16", "int8")
     devices = ("cpu",)
     int8_schemes = ("weights", "static")
     triton_platform = "openvino"  # a backend, not a platform, in Triton's config: triton.openvino_config
 
     def unsupported(self, options: Any) -> str:
         return (
-            f"format 'openvino' is exported in float32 or int8 for CPU only (asked: {options.dtype} on "
-            f"{options.device}); use torchscript or aoti for float16, bfloat16 and CUDA"
+            f"format 'openvino' is exported in float32, bfloat16 or int8 for CPU only (asked: {options.dtype} on "
+            f"{options.device}); use torchscript or aoti for float16 and CUDA"
         )
 
     def check(self, options: Any) -> None:
@@ -245,9 +269,17 @@ class OpenVINO(Format):
             _nncf()
 
     def export(self, job: ExportJob) -> list[warnings.WarningMessage]:
-        """Convert the ONNX export's float32 graph, the one the ONNX format wrote (or writes now) to the cache."""
+        """Convert the ONNX export's float32 graph, the one the ONNX format wrote (or writes now) to the cache.
+
+        bfloat16: the graph of the bfloat16 model's weights held in float32 (exact: every bfloat16 is a float32),
+        which the plugin runs in bfloat16 (``INFERENCE_PRECISION_HINT`` bf16, set where it is compiled: the CPU
+        plugin does not take that hint from an IR's runtime_options): its kernels take float32 weights and convert
+        them as they pack them, and keep what needs float32 (softmax, LayerNorm statistics, accumulation) in
+        float32."""
         ov = require_openvino()
         source = job.out / SOURCE
+        if job.options.dtype == "bfloat16":
+            job = dataclasses.replace(job, wrapper=copy.deepcopy(job.wrapper).float())
         try:
             seen = onnx_format.cached_graph(job, source)
             (job.out / FILE).parent.mkdir(exist_ok=True)
@@ -258,9 +290,11 @@ class OpenVINO(Format):
 
     def load(self, root: Path, manifest: Manifest, target: Target) -> Backend:
         return compiled(root / FILE, manifest.max_length, threads=target.threads, workers=target.workers,
-                        snap=target.snap)  # fmt: skip
+                        snap=target.snap, precision=PRECISIONS[manifest.dtype])  # fmt: skip
 
     def refine(self, job: ExportJob, entry: FormatEntry, refiner: Refiner) -> dict[str, Any]:
+        if job.options.dtype == "bfloat16":
+            return {"notes": {"bfloat16": bfloat16_pace(job)[1]}}
         if job.options.dtype != "int8":
             return {}
         return self._compress(job, entry, refiner)
@@ -331,6 +365,14 @@ class OpenVINO(Format):
         written.replace(path)
         refiner.use(chosen)
         result = int8.finish(self.name, job, entry, refiner, gated, method=method, pace=pace, measured_on="OpenVINO")
+        bf16, said = bfloat16_pace(job, float32)
+        if bf16 is not None:
+            result["precision"]["bfloat16_vs_float32"] = {"shape": bf16[0], "ratio": round(bf16[1], 3)}
+            if bf16[1] > pace[1]:
+                result["notes"]["int8"] += (
+                    f"; bfloat16 is faster here ({bf16[1]:.2f}x float32, native on this CPU) and closer to "
+                    "float32: export --dtype bfloat16"
+                )
         if size is not None:
             result["precision"]["dynamic_quantization"] = {
                 "group_size": size,

@@ -11,6 +11,10 @@ threads, end to end from text (tokenization and pooling included):
 - the corpus (data/texts.jsonl), in input order, median of ``--repeats`` passes after a warm-up;
 - its corpus embeddings' cosine against float32 sentence-transformers, text by text (min and mean).
 
+Contenders in reduced precision: int8 (each runtime's own scheme) and bfloat16, which pays only where the CPU
+has it natively (AMX, AVX512-BF16; torchship's export says which): elsewhere OpenVINO runs it in float32 and
+PyTorch emulates it.
+
 The raw runtimes (ONNX Runtime, OpenVINO, CTranslate2) are driven as their users drive them for embeddings:
 texts sorted by length, batches of 32 padded to their longest, mean pooling under the mask, L2 normalization
 (what sentence-transformers and fastembed do). Prepared files go to ``--workdir`` (default build/peers) and are
@@ -45,11 +49,14 @@ Embed = Callable[[list[str]], np.ndarray]
 # name -> (what it is, how it is prepared and run); the order is the table's
 CONTENDERS = {
     "sentence-transformers": "SentenceTransformer.encode(batch_size=32), float32, PyTorch eager",
+    "sentence-transformers-bf16": "the same, the model cast to bfloat16 (.to(torch.bfloat16))",
     "onnxruntime": "torch.onnx.export (dynamo) of the model, traced with padding, a default ONNX Runtime session",
     "onnxruntime-int8": "the same, quantize_dynamic (int8 weights, per-channel)",
     "openvino": "openvino.convert_model of that ONNX file, CPU plugin, f32 inference precision",
     "openvino-w8a8": "nncf.quantize (W8A8, model_type TRANSFORMER, 128 corpus texts to calibrate)",
     "openvino-wo8": "nncf.compress_weights (weight-only int8)",
+    "openvino-bf16": "the float32 IR, bf16 inference precision (the plugin's default where the CPU has AMX or "
+    "AVX512-BF16; float32 elsewhere)",
     "ctranslate2": "TransformersConverter, Encoder compute_type float32",
     "ctranslate2-int8": "the same, compute_type int8",
     "fastembed": "TextEmbedding(sentence-transformers/all-MiniLM-L6-v2, specific_model_path=the ONNX export)",
@@ -63,7 +70,10 @@ CONTENDERS = {
     "weight-only int8 (the default scheme), gated likewise",
     "torchship-openvino-static": "the same with --int8-scheme static: NNCF W8A8 calibrated on 128 stdlib docstrings, "
     "gated likewise",
+    "torchship-bf16": "torchship export --dtype bfloat16 (TorchScript, the default format in that dtype)",
+    "torchship-openvino-bf16": "torchship export --format openvino --dtype bfloat16: the IR run in bf16",
 }
+REDUCED = ("int8", "w8a8", "wo8", "static", "bf16")  # names of contenders in reduced precision: hatched in the plot
 
 
 def texts() -> list[str]:
@@ -207,6 +217,18 @@ def prepare(work: Path, threads: int) -> dict[str, float]:
     step("torchship-openvino", work / "torchship-openvino", torchship_openvino())
     step("torchship-openvino-int8", work / "torchship-openvino-int8", torchship_openvino(int8_scheme="weights"))
     step("torchship-openvino-static", work / "torchship-openvino-static", torchship_openvino(int8_scheme="static"))
+
+    def torchship_bf16(**options: Any) -> Callable[[], None]:
+        def run() -> None:
+            import torchship
+
+            name = "torchship-openvino-bf16" if options else "torchship-bf16"
+            torchship.export("demo", work / name, torchship.ExportOptions(dtype="bfloat16", **options))
+
+        return run
+
+    step("torchship-bf16", work / "torchship-bf16", torchship_bf16())
+    step("torchship-openvino-bf16", work / "torchship-openvino-bf16", torchship_bf16(formats=("openvino",)))
     return spent
 
 
@@ -258,12 +280,14 @@ def sorted_batches(tok: Any, run: Callable[[dict[str, np.ndarray]], np.ndarray])
 def contender(name: str, work: Path, threads: int) -> Embed:
     src = model_dir()
     tok = tokenizer(src)
-    if name == "sentence-transformers":
+    if name.startswith("sentence-transformers"):
         import torch
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(threads)
         st = SentenceTransformer(str(src), device="cpu")
+        if name.endswith("-bf16"):
+            st = st.to(torch.bfloat16)
         return lambda batch: st.encode(batch, batch_size=BATCH, convert_to_numpy=True)
     if name.startswith("onnxruntime"):
         import onnxruntime as ort
@@ -277,8 +301,9 @@ def contender(name: str, work: Path, threads: int) -> Embed:
     if name.startswith("openvino"):
         import openvino as ov
 
-        kind = {"openvino": "fp32", "openvino-w8a8": "w8a8", "openvino-wo8": "wo8"}[name]
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        kind = {"openvino": "fp32", "openvino-w8a8": "w8a8", "openvino-wo8": "wo8", "openvino-bf16": "fp32"}[name]
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "bf16" if name.endswith("-bf16") else "f32"}  # fmt: skip
         compiled = ov.Core().compile_model(str(work / f"openvino-{kind}" / "model.xml"), "CPU", config)
         output = compiled.outputs[0]
         return sorted_batches(tok, lambda feed: compiled(feed)[output])
@@ -470,8 +495,10 @@ def plot(record: dict[str, Any], path: Path) -> None:
     names = [n for n, _ in rows][::-1]
     values = [r["corpus_s"] for _, r in rows][::-1]
     colors = ["tab:orange" if n.startswith("torchship") else "tab:gray" for n in names]
-    ax.barh(names, values, color=colors)
-    ax.axvline(record["flop_limit"]["limit_s"], color="k", linestyle="--", label="FLOP limit")
+    hatches = ["//" if any(k in n for k in REDUCED) else "" for n in names]
+    ax.barh(names, values, color=colors, hatch=hatches)
+    ax.axvline(record["flop_limit"]["limit_s"], color="k", linestyle="--", label="float32 FLOP limit")
+    ax.set_title("hatched: int8 or bfloat16", fontsize=9)
     ax.set_xlabel(f"seconds to embed the corpus ({record['corpus_texts']} texts, {record['threads']} threads)")
     ax.legend(loc="lower right")
     fig.tight_layout()

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from . import artifact, formats
-from .formats.openvino import PRECISIONS
 from .errors import ArtifactError, OptionsError
+from .formats.openvino import PRECISIONS
 from .triton_model import output_name, text_inputs
 
 TRITON_DTYPES = {

@@ -83,7 +83,13 @@ def require_openvino() -> Any:
 
 
 def compiled(
-    path: Path | Any, max_length: int, *, threads: int | None, workers: int, snap: list[int], group: int | None = None,
+    path: Path | Any,
+    max_length: int,
+    *,
+    threads: int | None,
+    workers: int,
+    snap: list[int],
+    group: int | None = None,
     precision: str = "f32",
 ) -> Backend:
     """``path`` (or an ``openvino.Model``) compiled for the CPU plugin. One stream per worker (``workers``

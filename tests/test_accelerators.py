@@ -313,6 +313,25 @@ def test_int8_openvino_compresses_weights_and_gates_by_module(tiny_bert_dir: Pat
     assert m["formats"]["openvino"][0]["parity"]["passed"] is True
 
 
+def test_int8_openvino_leaves_activations_float_when_no_group_divides_the_hidden_size(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    """A hidden size that no dynamic quantization group divides (24): the plugin would leave such layers'
+    activations in float32 whatever the group, so none is tried or written, and the method says why."""
+    from tests.conftest import save_tiny
+
+    model = save_tiny(tmp_path / "h24", "BertModel", demo_dir, hidden_size=24, intermediate_size=48)
+    options = torchship.ExportOptions(formats=("openvino",), seq_lengths=(8, 32), dtype="int8", min_cosine=0.9)
+    out = torchship.export(model, tmp_path / "int8", options)
+    precision = _manifest(out)["precision"]
+    assert "activations in float32 (no dynamic quantization group size of (128, 64, 32, 16) divides the hidden " \
+        "size, 24)" in precision["method"]
+    assert "dynamic_quantization" not in precision
+    assert "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in (out / "openvino" / "model.xml").read_text()
+    assert precision["gate"]["held"]
+    assert torchship.load(out)(TEXTS).shape == (3, 24)
+
+
 def test_int8_openvino_static_calibrates_once_and_keep_float_restores_float32(
     tiny_bert_dir: Path, tmp_path: Path
 ) -> None:

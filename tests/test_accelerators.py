@@ -324,8 +324,10 @@ def test_int8_openvino_leaves_activations_float_when_no_group_divides_the_hidden
     options = torchship.ExportOptions(formats=("openvino",), seq_lengths=(8, 32), dtype="int8", min_cosine=0.9)
     out = torchship.export(model, tmp_path / "int8", options)
     precision = _manifest(out)["precision"]
-    assert "activations in float32 (no dynamic quantization group size of (128, 64, 32, 16) divides the hidden " \
+    assert (
+        "activations in float32 (no dynamic quantization group size of (128, 64, 32, 16) divides the hidden "
         "size, 24)" in precision["method"]
+    )
     assert "dynamic_quantization" not in precision
     assert "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in (out / "openvino" / "model.xml").read_text()
     assert precision["gate"]["held"]

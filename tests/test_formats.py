@@ -537,6 +537,20 @@ def test_every_grid_batch_is_timed_before_the_budget_goes_to_longer_lengths(all_
     assert lone["32x32"] == pytest.approx(32 * engine.cost(32) / engine.cost(8), rel=1e-3)  # no batch-32 anchor
 
 
+def test_a_points_expected_cost_is_its_runs_not_the_last_points_wall_time() -> None:
+    """What timing a point will cost comes from the last point's runs scaled by FLOPs, with each format's
+    warm-up and its run count (3 at least, until budget_s, max_reps at most), never from that point's wall time,
+    which held the formats' first runs: scaled 8x, a cold first point had outrun a load's whole budget."""
+    from torchship.timing import expected_s
+
+    fast, slow = {"onnx": 0.001, "torchscript": 0.001}, {"aoti": 0.1}
+    assert expected_s(fast, 8, 0.15, 15) == pytest.approx(2 * (0.008 + 0.12))  # 15 runs, under 0.15 s
+    assert expected_s(fast, 2, 0.15, 15) == pytest.approx(2 * (0.002 + 0.03))
+    assert expected_s(fast, 30, 0.15, 15) == pytest.approx(2 * (0.03 + 0.15))  # until 0.15 s
+    assert expected_s(slow, 1, 0.15, 15) == pytest.approx(0.1 + 0.3)  # 3 runs at least
+    assert expected_s(fast, 30, 0.15, 15, workers=2) == pytest.approx(2 * (0.03 + 0.3))  # per micro-batch
+
+
 def test_timing_budget_zero_times_the_cheapest_point_only(tiny_bert_dir: Path, tmp_path: Path) -> None:
     options = torchship.ExportOptions(formats=("torchscript", "onnx"), seq_lengths=(8, 32), timing_budget_s=0)
     timings = _manifest(torchship.export(tiny_bert_dir, tmp_path / "art", options))["timings"]

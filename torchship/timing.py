@@ -45,7 +45,8 @@ def time_formats(
     6.82 s with one worker and 6.70 with two, where ONNX went from 6.77 to 3.43 s and TorchScript from 8.13 to
     4.00), so timed alone it looked fastest and took every micro-batch, at twice the time.
     With ``total_s``, the cheapest point of each grid batch is timed first, then the others cheapest first, and
-    timing stops before a point whose expected cost (the last point's, scaled by FLOPs) would pass ``total_s``.
+    a point whose expected cost (``expected_s``: the last timed point's runs, scaled by FLOPs) would pass
+    ``total_s`` is skipped.
     A point left out is estimated from the format's most expensive timed point of the same batch, scaled by
     FLOPs (of any batch where none of it was timed), and listed in ``Timings.estimated``; a re-timing at load
     never keeps the export's figures, which are re-timed because they do not describe this process (a disturbed
@@ -71,8 +72,10 @@ def time_formats(
         else:
             list(pool.map(lambda _: engine.forward(backend, padded), range(workers)))
 
-    def time_point(batch: int, seq: int) -> None:
+    def time_point(batch: int, seq: int) -> dict[str, float]:
+        """Time every format at (batch, seq); return each one's median seconds per run (``workers`` at once)."""
         point = OthersLoad().start()
+        rounds = {}
         ids = torch.randint(1000, 2000, (batch, seq), generator=generator)
         for name, backend in engine.backends.items():
             padded = engine.pad({"input_ids": ids}, backend.pad_length(seq))
@@ -85,19 +88,20 @@ def time_formats(
             ms = round(statistics.median(times) * 1e3, 4)
             key = f"{batch}x{seq}"
             medians[name][key] = min(ms, medians[name].get(key, ms))  # timed again: the less disturbed time
+            rounds[name] = statistics.median(times) * workers
         share = point.share()
         if share is not None and share >= DISTURBED:
             busy.append((batch, seq))
+        return rounds
 
     for batch, seq in points:
         cost = _cost(engine, batch, seq)
         if total_s is not None and last is not None:
-            spent, (last_s, last_cost) = time.perf_counter() - started, last
-            if spent + last_s * cost / last_cost > total_s:
-                break
-        point_started = time.perf_counter()
-        time_point(batch, seq)
-        last = (time.perf_counter() - point_started, cost)
+            rounds, last_cost = last
+            expected = expected_s(rounds, cost / last_cost, budget_s, max_reps, workers)
+            if time.perf_counter() - started + expected > total_s:
+                continue  # a cheaper point further on may still fit
+        last = (time_point(batch, seq), cost)
     for batch, seq in sorted(busy, key=lambda p: _cost(engine, *p)):  # once more: a job that comes and goes
         if total_s is not None and time.perf_counter() - started > REPAIR * total_s:  # spares some of them now
             break
@@ -120,12 +124,30 @@ def time_formats(
     )
 
 
+def expected_s(rounds: dict[str, float], scale: float, budget_s: float, max_reps: int, workers: int = 1) -> float:
+    """What ``time_formats`` should spend on a point, from another point's runs (``rounds``: each format's median
+    seconds per run of ``workers`` micro-batches at once) scaled by FLOPs (``scale``: this point's over that
+    one's): per format a warm-up, then the runs it makes (3 at least, then until each micro-batch's share has
+    spent ``budget_s``, or ``max_reps``). Not that point's wall time scaled: it
+    held each format's first runs, which at load cost seconds (AOTInductor's, OpenVINO's first request), and
+    ``budget_s`` caps what a cheap point costs, so a re-timing at load had expected 8x11 to take longer than its
+    whole budget and timed 1 point of 51, estimating the rest from one text of 11 tokens (all-MiniLM-L6-v2, four
+    formats, two workers, an AMX Xeon: it routed the corpus to ONNX Runtime, 2.35 s, where OpenVINO took 2.03)."""
+    total = 0.0
+    for run_s in rounds.values():
+        t = run_s * scale
+        total += t + min(max(3 * t, budget_s * workers), max_reps * t)
+    return total
+
+
 def order(engine: Engine, seqs: list[int]) -> list[tuple[int, int]]:
-    """The grid's (batch, seq) points in the order they are timed: the cheapest of each batch (an anchor for
-    every batch), then the others cheapest first."""
-    by_cost = sorted(((b, s) for b in GRID_BATCHES for s in seqs), key=lambda p: _cost(engine, *p))
-    firsts = [next(p for p in by_cost if p[0] == b) for b in GRID_BATCHES]
-    return firsts + [p for p in by_cost if p not in firsts]
+    """The grid's (batch, seq) points in the order they are timed: each batch's cheapest (an anchor for every
+    batch), then each batch's next cheapest, batch by batch. Not all the others cheapest first: that spent an
+    export's budget on batch 1 (12 of the 19 points timed, one at batch 32), while a corpus runs in micro-batches
+    of dozens of rows, whose times were then scaled by FLOPs from 32x16, where ONNX Runtime led; the default
+    artifact routed the corpus 1.04-1.14x slower than TorchScript alone (all-MiniLM-L6-v2, an AMX Xeon)."""
+    ranked = sorted(seqs, key=engine.cost)
+    return [(batch, seq) for seq in ranked for batch in GRID_BATCHES]
 
 
 def estimate(engine: Engine, timed: dict[str, float], points: list[tuple[int, int]]) -> set[str]:

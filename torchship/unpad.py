@@ -20,8 +20,12 @@ from torch import nn
 
 # The layout of the graph this module traces, keyed in the export cache (exporter._cache_key): a graph cached
 # under an older revision is exported again. 2: linear layers take (1, tokens, features), so ONNX records them as
-# MatMul and Add, which ONNX Runtime's dynamic int8 quantizes, not Gemm, which it leaves in float32.
-REVISION = 2
+# MatMul and Add, which ONNX Runtime's dynamic int8 quantizes, not Gemm, which it leaves in float32. 3: the
+# attention scale is folded into the query weights, and the real tokens' q, k and v are scattered into a (3, heads,
+# batch, seq, head_dim) buffer, so that each is contiguous and the products copy nothing; on the corpus
+# (all-MiniLM-L6-v2, 2 threads, AMX Xeon, interleaved passes) TorchScript 2-4 %, ONNX 2-3 % and OpenVINO about
+# 1 % faster, 8x128 2-9 %.
+REVISION = 3
 
 
 def base_of(model: Any) -> Any:
@@ -80,7 +84,7 @@ class UnpaddedEncoder(nn.Module):
         batch, seq = input_ids.shape
         idx = real_positions(attention_mask)
         x = emb.reshape(batch * seq, self.hidden).index_select(0, idx)
-        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        bias = (1.0 - attention_mask[None, :, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         for layer in self.encoder.layer:
             x = layer(x, idx, bias, batch, seq, self.heads, self.head_dim)
         return x, idx
@@ -110,21 +114,23 @@ class _Layer(nn.Module):
         self.qkv = nn.Linear(  # one GEMM instead of three
             sa.query.in_features, 3 * sa.query.out_features, device=weight.device, dtype=weight.dtype
         )
+        scale = float(sa.attention_head_size) ** -0.5  # folded into the query rows: no scaling of the scores
         with torch.no_grad():
-            self.qkv.weight.copy_(torch.cat([sa.query.weight, sa.key.weight, sa.value.weight]))
-            self.qkv.bias.copy_(torch.cat([sa.query.bias, sa.key.bias, sa.value.bias]))
-        self.scale = float(sa.attention_head_size) ** -0.5
+            self.qkv.weight.copy_(torch.cat([sa.query.weight * scale, sa.key.weight, sa.value.weight]))
+            self.qkv.bias.copy_(torch.cat([sa.query.bias * scale, sa.key.bias, sa.value.bias]))
         self.attn_out, self.attn_norm = layer.attention.output.dense, layer.attention.output.LayerNorm
         self.inter, self.act = layer.intermediate.dense, layer.intermediate.intermediate_act_fn
         self.out, self.out_norm = layer.output.dense, layer.output.LayerNorm
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor, batch: int, seq: int, heads: int,
                 head_dim: int) -> torch.Tensor:  # fmt: skip
-        hidden = heads * head_dim
-        qkv = x.new_zeros(batch * seq, 3 * hidden).index_copy(0, idx, _dense(self.qkv, x))
-        q, k, v = qkv.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, d)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + bias
-        ctx = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(batch * seq, hidden).index_select(0, idx)
+        tokens, hidden = x.shape[0], heads * head_dim
+        qkv = _dense(self.qkv, x).view(tokens, 3 * heads, head_dim).transpose(0, 1)
+        padded = x.new_zeros(3 * heads, batch * seq, head_dim).index_copy(1, idx, qkv)
+        q, k, v = padded.view(3, heads, batch, seq, head_dim).unbind(0)  # each (heads, batch, seq, d), contiguous
+        scores = torch.matmul(q, k.transpose(-1, -2)) + bias
+        ctx = torch.matmul(scores.softmax(-1), v).view(heads, batch * seq, head_dim).index_select(1, idx)
+        ctx = ctx.transpose(0, 1).reshape(tokens, hidden)
         x = self.attn_norm(_dense(self.attn_out, ctx) + x)
         out: torch.Tensor = self.out_norm(_dense(self.out, self.act(_dense(self.inter, x))) + x)
         return out

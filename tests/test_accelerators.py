@@ -14,6 +14,7 @@ import torch
 
 import torchship
 from tests.conftest import TS
+from torchship import machine
 from torchship.cli import main
 
 TEXTS = ["Jim Henson was a puppeteer", "Who was Jim Henson?", "the muppets were filmed in london"]
@@ -28,7 +29,31 @@ def bf16_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> 
     options = torchship.ExportOptions(
         formats=("torchscript", "aoti"), seq_lengths=(8, 32), dtype="bfloat16", cache_dir=tmp_path_factory.mktemp("c")
     )
-    return torchship.export(tiny_bert_dir, tmp_path_factory.mktemp("bf16") / "art", options)
+    with warnings.catch_warnings(record=True) as seen:  # bfloat16's pace on this CPU: a warning where it is slow
+        warnings.simplefilter("always")
+        art = torchship.export(tiny_bert_dir, tmp_path_factory.mktemp("bf16") / "art", options)
+    (art.parent / "warnings.txt").write_text("\n".join(str(w.message) for w in seen))
+    return art
+
+
+def test_bfloat16_export_measures_whether_it_pays_on_this_cpu(bf16_tiny: Path) -> None:
+    """bfloat16 runs on PyTorch's CPU kernels fast only where the CPU has it (AMX, AVX512-BF16); elsewhere they
+    convert to float32 and run slower than float32 itself. The export measures a dense layer of the model's shape
+    both ways, records it, and where bfloat16 is the slower says so, in the manifest and as a warning."""
+    m = _manifest(bf16_tiny)
+    pace = m["precision"]["bfloat16_vs_float32"]
+    assert pace["shape"].startswith("dense 128x32->64")  # tiny_bert_dir: hidden 32, intermediate 64
+    ratio = pace["ratio"]
+    assert ratio > 0
+    note = m["export"]["notes"]["bfloat16"]
+    assert f"{ratio:.2f}x float32" in note
+    pays = ratio >= 1.1
+    assert note.startswith("bfloat16 pays" if pays else "bfloat16 does not pay")
+    assert ("export float32" in note) == (not pays)
+    warned = "bfloat16 does not pay" in (bf16_tiny.parent / "warnings.txt").read_text()
+    assert warned == (not pays)
+    if not pays and machine.native_bfloat16() is False:  # 2-core AVX2 EPYC: 0.16-0.19x at MiniLM's shape
+        assert "no AMX or AVX512-BF16" in note
 
 
 def test_bfloat16_records_a_measured_tolerance_against_float32(bf16_tiny: Path) -> None:
@@ -63,7 +88,9 @@ def test_bfloat16_runs_on_cpu_within_its_tolerance(bf16_tiny: Path, tiny_bert_di
 
 def test_bfloat16_minilm_embeddings_stay_close_to_float32(demo_artifact: Path, tmp_path: Path) -> None:
     options = torchship.ExportOptions(formats=TS, seq_lengths=(16, 32), dtype="bfloat16")
-    bf16 = torchship.load(torchship.export("demo", tmp_path / "bf16", options))(TEXTS)
+    with warnings.catch_warnings():  # where the CPU lacks bfloat16 the export says so (the test above)
+        warnings.filterwarnings("ignore", "bfloat16 does not pay", UserWarning)
+        bf16 = torchship.load(torchship.export("demo", tmp_path / "bf16", options))(TEXTS)
     fp32 = torchship.load(demo_artifact)(TEXTS)
     assert bf16.dtype == np.float32
     cosine = (bf16 * fp32).sum(1)  # both are L2-normalized
@@ -162,6 +189,18 @@ def test_float16_on_cpu_warns_and_still_holds_its_measured_tolerance(tiny_bert_d
     assert all(0 < v < 0.05 for v in tolerance.values()), tolerance  # 10-bit mantissa: finer than bfloat16
     assert all(e["parity"]["passed"] for e in m["formats"]["torchscript"])
     assert torchship.load(art).run(torch.randint(1000, 5000, (2, 8)))["last_hidden_state"].dtype == torch.float16
+
+
+def test_cli_prints_a_warning_as_one_line_naming_the_fix(tiny_bert_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "fp16"
+    assert main(["export", str(tiny_bert_dir), str(out), "--format", "torchscript", "--seq-lengths", "8",
+                 "--dtype", "float16"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "torchship export: warning: float16 on cpu" in err
+    assert "float32 elsewhere" in err  # bfloat16 is advised only where the CPU has it
+    assert "UserWarning" not in err  # not Python's file:line and source
+    assert ".py:" not in err
+    assert (out / "manifest.json").exists()
 
 
 def test_gemm_peak_is_the_faster_of_mm_and_linear_in_each_dtype() -> None:

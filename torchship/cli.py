@@ -6,6 +6,7 @@ Errors print as one line on stderr with exit code 1 (2 for usage errors); ``--de
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -250,12 +251,27 @@ def _task_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
+def _show_warning(
+    command: str, show: Any, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    file: Any = None, line: str | None = None,
+) -> None:  # fmt: skip
+    """torchship's own warnings as one line the user reads (``torchship export: warning: ...``), not Python's
+    file, line and source; any other package's as Python shows them (``show``)."""
+    if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(Path(__file__).parent):
+        from tqdm import tqdm
+
+        tqdm.write(f"torchship {command}: warning: {message}", file=file or sys.stderr)  # above a progress bar
+    else:
+        show(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own deprecation notices
             warnings.filterwarnings("always", category=UserWarning, module="torchship")
+            warnings.showwarning = functools.partial(_show_warning, args.command, warnings.showwarning)
             return int(_COMMANDS[args.command](args))
     except (TorchshipError, OSError) as e:
         if args.debug:

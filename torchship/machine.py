@@ -49,9 +49,12 @@ def _isa() -> tuple[str, ...]:
 
 
 def native_bfloat16() -> bool | None:
-    """Whether the CPU has bfloat16 arithmetic (AMX or AVX512-BF16), from ``/proc/cpuinfo``; None where it cannot
-    tell (no flags to read)."""
-    return bool({"amx_bf16", "avx512_bf16"} & set(_isa())) if _isa() else None
+    """Whether an x86 CPU has bfloat16 arithmetic (AMX or AVX512-BF16), from ``/proc/cpuinfo``; None where it
+    cannot tell (no flags to read, or not x86: Arm names bfloat16 otherwise)."""
+    isa = set(_isa())
+    if not isa or "asimd" in isa or "sve" in isa:
+        return None
+    return bool({"amx_bf16", "avx512_bf16"} & isa)
 
 
 def bfloat16_pace(hidden: int, intermediate: int, tokens: int = 128, runs: int = 5, seconds: float = 0.05) -> float:
@@ -59,8 +62,8 @@ def bfloat16_pace(hidden: int, intermediate: int, tokens: int = 128, runs: int =
     ``intermediate``, the FFN's first and largest GEMM), each the fastest of at least ``runs`` runs and
     ``seconds`` after a warm-up (the fastest: what the kernels can do, which other processes only slow down), on
     this process's threads: above 1, bfloat16 is the faster. Without bfloat16 arithmetic PyTorch converts the
-    operands to float32 and runs slower than float32 itself (0.16-0.19x at all-MiniLM-L6-v2's shape on a 2-core
-    AVX2 EPYC, 2026-12-01)."""
+    operands to float32 and runs slower than float32 itself (0.11-0.15x at all-MiniLM-L6-v2's shape on a 2-core
+    AVX2 EPYC, quiet, 2026-12-01)."""
     generator = torch.Generator().manual_seed(0)
     x, w = torch.randn(tokens, hidden, generator=generator), torch.randn(intermediate, hidden, generator=generator)
     best = []

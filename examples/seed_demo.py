@@ -13,6 +13,7 @@ Usage: python examples/seed_demo.py ARTIFACT_DIR
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -60,6 +61,10 @@ def main(artifact: Path) -> int:
     for name, value in outputs.items():
         print(f"Predictor.run -> {name:18} {tuple(value.shape)}  first values {value.flatten()[:4].tolist()}")
 
+    # transformers imports torchao where it is installed (the int8 extra); torchao logs kernels for other platforms
+    # that it does not load, and torch's pytree that torchao registers enums it no longer needs to
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 

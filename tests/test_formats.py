@@ -604,3 +604,57 @@ def test_torchscript_on_cpu_runs_without_the_profiling_executor(tiny_bert_artifa
     torch._C._jit_set_profiling_executor(True)
     torchship.load(tiny_bert_artifact, format="torchscript")
     assert torch._C._jit_set_profiling_executor(False) is False  # the value the load left: off
+
+
+def test_torchscript_runs_its_float32_linears_on_onednn_where_that_measured_faster(
+    tiny_bert_artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MKL's sgemm, behind PyTorch's float32 linear on x86, picks slow kernels on AMD CPUs. On CPU a loaded
+    ``model.pt`` has its linear layers rewritten onto oneDNN's prepacked kernels where those measured faster
+    (``TORCHSHIP_ONEDNN_LINEAR`` forces either way): the same numbers, and the file itself is untouched."""
+    import hashlib
+    import logging
+
+    from torchship import machine
+    from torchship.formats import torchscript
+
+    def digest() -> str:
+        return hashlib.sha256((tiny_bert_artifact / "model.pt").read_bytes()).hexdigest()
+
+    before = digest()
+    module = torchscript.load_module(tiny_bert_artifact / "model.pt")
+    graphs = [getattr(module, torchscript.method_name(s)).graph for s in (8, 16, 32)] + [module.forward.graph]
+    kinds = [[n.kind() for n in g.nodes()] for g in graphs]
+    linears = sum(k.count("aten::linear") for k in kinds)
+    assert linears >= 4 * len(graphs)  # tiny_bert_dir: 2 layers of 4 linears (q, k, v fused: unpad.py) + pooler
+    packed = torchscript.prepack_linears(graphs)
+    assert packed == linears // len(graphs)  # each weight packed once, shared by every method
+    kinds = [[n.kind() for n in g.nodes()] for g in graphs]
+    assert sum(k.count("aten::linear") for k in kinds) == 0
+    assert sum(k.count("mkldnn::_linear_pointwise") for k in kinds) == linears
+
+    ids = torch.randint(1000, 5000, (3, 21))
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0
+    outputs = {}
+    for forced in ("0", "1"):
+        monkeypatch.setenv(machine.ONEDNN_ENV, forced)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="torchship.formats.torchscript"):
+            predictor = torchship.load(tiny_bert_artifact, format="torchscript")
+        assert f"linear layers {'on oneDNN' if forced == '1' else 'as traced'}: {machine.ONEDNN_ENV}={forced}" in (
+            caplog.text
+        )
+        outputs[forced] = predictor.run(ids, mask)["last_hidden_state"]
+    real = mask.bool()
+    torch.testing.assert_close(outputs["1"][real], outputs["0"][real], atol=1e-5, rtol=1e-4)
+    assert digest() == before
+
+    monkeypatch.delenv(machine.ONEDNN_ENV)
+    pays, why = machine.onednn_linear_pays(64, 32, torch.get_num_threads())  # measured: either verdict is right
+    pace = float(why.split(" ran ")[1].split("x ")[0])
+    assert pays == (pace >= machine.ONEDNN_PAYS)
+    assert why.endswith("pays" if pays else f"does not pay (under {machine.ONEDNN_PAYS}x)")
+    monkeypatch.setenv(machine.ONEDNN_ENV, "yes")
+    with pytest.raises(torchship.OptionsError, match="set it to 1 .* 0 .* or leave it unset"):
+        torchship.load(tiny_bert_artifact, format="torchscript")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import machine
 from .device import DTYPES
 from .engine import Counters
 from .errors import OptionsError
@@ -93,7 +94,10 @@ def gemm_peak(
 
     Both ``torch.mm`` and ``F.linear`` (addmm, what the models' Linear layers run) are timed and the faster
     counts: on CPUs without native float16 arithmetic, float16 ``mm`` takes a fallback ~100x slower than
-    float16 ``linear``, which would make every model look faster than the peak.
+    float16 ``linear``, which would make every model look faster than the peak. On CPU in float32 oneDNN's
+    prepacked linear is timed too, since on AMD CPUs MKL's kernels fall short of the machine (2-core EPYC with
+    AVX-512, 2026-12-02: MKL 128-204 GFLOP/s, oneDNN 202-223, ONNX Runtime's MLAS 199-226 at MiniLM's shapes), and
+    a TorchScript artifact runs its linear layers on oneDNN there (formats/torchscript.py).
     """
     device = device or torch.device("cpu")
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -106,8 +110,12 @@ def gemm_peak(
 
         return run
 
+    runs = [gemm(torch.mm), gemm(torch.nn.functional.linear)]
+    if device.type == "cpu" and dtype == torch.float32 and machine.onednn_linear():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b)
+        runs.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
     best = float("inf")
-    for run in (gemm(torch.mm), gemm(torch.nn.functional.linear)):
+    for run in runs:
         run()
         best = min(best, *(_timed(run) for _ in range(repeats)))
     return 2 * n**3 / best

@@ -7,6 +7,7 @@ method, so K buckets cost one copy of the weights on disk and in memory.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ..artifact import FormatEntry, Manifest
 
 FILE = "model.pt"
+log = logging.getLogger(__name__)
 
 
 def method_name(seq: int) -> str:
@@ -75,8 +77,77 @@ class TorchScript(Format):
             torch._C._jit_set_profiling_executor(False)
         module = load_module(root / FILE, target.device)
         methods = {seq: getattr(module, method_name(seq)) for seq in seqs}
+        if torch.device(target.device).type == "cpu":
+            graphs = [m.graph for m in [*methods.values(), module.forward]]
+            shape = _largest_linear(graphs)
+            if shape is not None:
+                from ..machine import bound_onednn_cache, onednn_linear_pays
+
+                pays, why = onednn_linear_pays(*shape, torch.get_num_threads())
+                if pays:
+                    bound_onednn_cache()  # forced on: not measured, so not bounded there
+                    prepack_linears(graphs)
+                log.info("torchship: %s: linear layers %s: %s", root, "on oneDNN" if pays else "as traced", why)
 
         def run(seq: int, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             return tuple(methods[seq](*inputs))
 
         return Backend(self.name, max(seqs), seqs, run)
+
+
+def _float32_linears(graphs: list[torch._C.Graph]) -> list[tuple[torch._C.Graph, torch._C.Node, torch.Tensor]]:
+    """Each ``aten::linear`` whose weight is a float32 matrix folded into the graph (a frozen module's)."""
+    found: list[tuple[torch._C.Graph, torch._C.Node, torch.Tensor]] = []
+    for graph in graphs:
+        for node in graph.nodes():
+            if node.kind() != "aten::linear":
+                continue
+            weight = list(node.inputs())[1]
+            if weight.node().kind() != "prim::Constant":
+                continue
+            value = weight.toIValue()
+            if isinstance(value, torch.Tensor) and value.dtype == torch.float32 and value.dim() == 2:
+                found.append((graph, node, value))
+    return found
+
+
+def _largest_linear(graphs: list[torch._C.Graph]) -> tuple[int, int] | None:
+    """(out, in) features of the largest float32 linear layer in ``graphs``, or None when there is none."""
+    shapes = [tuple(w.shape) for _, _, w in _float32_linears(graphs)]
+    return max(shapes, key=lambda s: s[0] * s[1]) if shapes else None  # type: ignore[return-value]
+
+
+def prepack_linears(graphs: list[torch._C.Graph]) -> int:
+    """Run the float32 linear layers of ``graphs`` (a loaded module's methods, before their first call) on
+    oneDNN's prepacked kernels: ``aten::linear(x, W, b)`` -> ``mkldnn::_linear_pointwise(x, pack(W), b)``, each
+    weight packed once and shared by every method that holds it. The file is not touched: ``model.pt`` stays
+    plain TorchScript for libtorch, Triton and any device. Returns the number of weights packed."""
+    packed: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+    for graph, node, weight in _float32_linears(graphs):
+        key = (weight.data_ptr(), tuple(weight.shape))
+        if key not in packed:
+            packed[key] = torch.ops.mkldnn._reorder_linear_weight(weight)
+        x, _, bias = node.inputs()
+        with graph.insert_point_guard(node):
+            scalars = graph.insertNode(graph.create("prim::ListConstruct", [], 1)).output()
+            scalars.setType(torch._C.ListType(torch._C.OptionalType(torch._C.NumberType.get())))
+            inputs = [x, _constant(graph, packed[key]), bias, _constant(graph, "none"), scalars, _constant(graph, "")]
+            linear = graph.insertNode(graph.create("mkldnn::_linear_pointwise", inputs, 1))
+        linear.output().setType(node.output().type())
+        node.output().replaceAllUsesWith(linear.output())
+        node.destroy()
+    for graph in graphs:
+        torch._C._jit_pass_dce(graph)  # the float32 weights' constants, now unused
+    return len(packed)
+
+
+def _constant(graph: torch._C.Graph, value: torch.Tensor | str) -> torch._C.Value:
+    """A ``prim::Constant`` holding ``value``, inserted at the graph's insertion point."""
+    node = graph.insertNode(graph.create("prim::Constant", [], 1))
+    if isinstance(value, str):
+        node.s_("value", value)
+        node.output().setType(torch._C.StringType.get())
+    else:
+        node.t_("value", value)
+        node.output().inferTypeFrom(value)
+    return node.output()

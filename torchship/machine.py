@@ -75,13 +75,10 @@ def bfloat16_pace(hidden: int, intermediate: int, tokens: int = 128, runs: int =
         for dtype in (torch.float32, torch.bfloat16):
             a, b = x.to(dtype), w.to(dtype)
             best.append(fastest(functools.partial(torch.nn.functional.linear, a, b), runs, seconds))
-        if (
-            onednn_linear()
-        ):  # float32 as a TorchScript artifact runs it where oneDNN's is the faster (onednn_linear_pays)
-            onednn = functools.partial(
-                torch.ops.mkldnn._linear_pointwise, x, torch.ops.mkldnn._reorder_linear_weight(w)
-            )
-            best[0] = min(best[0], fastest(functools.partial(onednn, None, "none", [], ""), runs, seconds))
+        if onednn_linear():  # float32 TorchScript runs on oneDNN where that is the faster (onednn_linear_pays)
+            packed = torch.ops.mkldnn._reorder_linear_weight(w)
+            onednn = functools.partial(torch.ops.mkldnn._linear_pointwise, x, packed, None, "none", [], "")
+            best[0] = min(best[0], fastest(onednn, runs, seconds))
     return best[0] / best[1]
 
 
@@ -142,7 +139,6 @@ def onednn_linear_pays(out_features: int, in_features: int, threads: int) -> tup
         raise OptionsError(f"{ONEDNN_ENV}={forced!r}: set it to 1 (always oneDNN), 0 (never), or leave it unset")
     if not onednn_linear():
         return False, "this PyTorch has no oneDNN prepacked linear"
-    bound_onednn_cache()
     pace = _onednn_pace(out_features, in_features, threads)
     verdict = "pays" if pace >= ONEDNN_PAYS else f"does not pay (under {ONEDNN_PAYS}x)"
     shape = f"{in_features}->{out_features}"
@@ -150,7 +146,8 @@ def onednn_linear_pays(out_features: int, in_features: int, threads: int) -> tup
 
 
 # oneDNN keeps a compiled kernel per shape it has run, up to 1024 of them by default, and a padding-free graph's
-# linear layers see a new shape (its real tokens) at nearly every call: 600 calls of random shapes grew a process
+# linear layers (oneDNN's in float32 where it pays, and always in bfloat16) see a new shape, its real tokens, at
+# nearly every call: 600 calls of random shapes grew a process
 # from 0.47 to 2.27 GB with oneDNN's linears, against 1.39 GB with MKL's, and to 1.43 GB with 32 kernels kept, at
 # no cost in corpus time (compiling one takes far less than running it; 2-core EPYC, 2026-12-02).
 ONEDNN_CACHE = 32

@@ -78,14 +78,14 @@ class TorchScript(Format):
         module = load_module(root / FILE, target.device)
         methods = {seq: getattr(module, method_name(seq)) for seq in seqs}
         if torch.device(target.device).type == "cpu":
+            from ..machine import bound_onednn_cache, onednn_linear_pays
+
+            bound_onednn_cache()
             graphs = [m.graph for m in [*methods.values(), module.forward]]
             shape = _largest_linear(graphs)
             if shape is not None:
-                from ..machine import bound_onednn_cache, onednn_linear_pays
-
                 pays, why = onednn_linear_pays(*shape, torch.get_num_threads())
                 if pays:
-                    bound_onednn_cache()  # forced on: not measured, so not bounded there
                     prepack_linears(graphs)
                 log.info("torchship: %s: linear layers %s: %s", root, "on oneDNN" if pays else "as traced", why)
 

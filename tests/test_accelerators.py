@@ -20,6 +20,10 @@ from torchship.cli import main
 TEXTS = ["Jim Henson was a puppeteer", "Who was Jim Henson?", "the muppets were filmed in london"]
 
 
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
 def _manifest(path: Path) -> dict:
     return json.loads((path / "manifest.json").read_text())
 
@@ -131,7 +135,7 @@ def test_bfloat16_openvino_runs_bf16_where_the_cpu_has_it(tiny_bert_dir: Path, t
     texts = corpus_texts()[:32]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # cut at the longest bucket, 32 tokens, alike
-        cosine = (torchship.load(bf16)(texts) * torchship.load(fp32)(texts)).sum(1)
+        cosine = _cosines(torchship.load(bf16)(texts), torchship.load(fp32)(texts))  # the tiny model: not unit
     assert cosine.min() > 0.995, cosine
 
 
@@ -240,6 +244,7 @@ def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
     tiny_bert_dir: Path, tmp_path: Path
 ) -> None:
     from tests.conftest import corpus_texts
+    from torchship import validate
 
     fp32 = torchship.export(
         tiny_bert_dir, tmp_path / "fp32", torchship.ExportOptions(formats=("onnx",), seq_lengths=(8, 32))
@@ -275,7 +280,14 @@ def test_int8_onnx_records_a_measured_tolerance_and_holds_it_at_other_shapes(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # both cut at the longest bucket, 32 tokens, alike
         embedded, reference = torchship.load(int8)(texts), torchship.load(fp32)(texts)
-    assert (embedded * reference).sum(1).min() >= 0.995  # unit vectors (the model normalizes)
+        unusual = validate.stress_texts()
+        cosines = _cosines(torchship.load(int8)(unusual), torchship.load(fp32)(unusual))
+    assert _cosines(embedded, reference).min() >= 0.995
+    reported = precision["unusual_text"]  # measured on text unlike prose, reported and not gated
+    assert reported["on"] == f"64 texts from {validate.STRESS_SOURCE}"
+    assert "held" not in reported
+    assert abs(reported["measured"]["sentence_embedding"] - cosines.min()) < 1e-3, (reported, cosines.min())
+    assert f"cosine {reported['measured']['sentence_embedding']:.5f} on 64 texts unlike prose" in advice
     assert m["formats"]["onnx"][0]["parity"]["passed"] is True
     assert (int8 / "model.onnx").stat().st_size < 0.6 * (fp32 / "model.onnx").stat().st_size  # int8 weights
     import onnx
@@ -348,7 +360,7 @@ def test_int8_openvino_compresses_weights_and_gates_by_module(tiny_bert_dir: Pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # cut at the longest bucket, 32 tokens, alike
         embedded, reference = torchship.load(kept_some)(texts), torchship.load(fp32)(texts)
-    assert (embedded * reference).sum(1).min() >= 0.995
+    assert _cosines(embedded, reference).min() >= 0.995
     assert m["formats"]["openvino"][0]["parity"]["passed"] is True
 
 
@@ -389,6 +401,8 @@ def test_int8_openvino_static_calibrates_once_and_keep_float_restores_float32(
     predictor = torchship.load(fp32)
     calibration = validate.calibration_texts(32)
     assert not set(calibration) & set(validate.gate_texts())  # never the texts the gate judges
+    assert calibration[32:] == validate.stress_texts(seed=1)  # and text unlike prose, not the reported seed
+    assert not set(calibration) & set(validate.stress_texts())
     batches = validate.calibration_batches(predictor, calibration)
     float32 = ovf._read(fp32 / ovf.FILE)
     static = ovf.quantize_static(float32, batches)
@@ -424,6 +438,28 @@ class _Agreement:
 
     def holds(self) -> bool:
         return self.worst >= self.minimum
+
+
+def test_stress_texts_are_the_same_everywhere_and_unlike_prose() -> None:
+    """Text static int8 calibrates on and every int8 export reports on: the same per seed, every kind present,
+    none of them the gate's prose."""
+    from torchship import validate
+
+    texts = validate.stress_texts()
+    assert len(texts) == validate.STRESS_TEXTS
+    assert texts == validate.stress_texts()
+    assert texts != validate.stress_texts(seed=1)
+    assert len(validate.stress_texts(9)) == 9
+    assert all(t.strip() for t in texts)
+    assert len(set(texts)) > 0.9 * len(texts)
+    assert not set(texts) & set(validate.gate_texts())
+    assert any(t.startswith("+-") and "+=" in t for t in texts)  # grid tables
+    assert any("|---|" in t for t in texts)  # Markdown tables
+    assert any(t.startswith("def ") or " return " in t for t in texts)  # Python source
+    assert any("https://" in t for t in texts)  # ids
+    assert any(not t.isascii() for t in texts)  # other scripts
+    assert any(len(t.split()) == 1 for t in texts)  # one word or symbol
+    assert any(len(set(t.split())) == 1 and len(t.split()) >= 8 for t in texts)  # one word repeated
 
 
 def test_int8_search_keeps_the_fewest_most_sensitive_groups_and_discards_the_rest() -> None:

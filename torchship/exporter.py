@@ -207,15 +207,16 @@ def _build(
                 f"bfloat16 does not pay on this CPU{why}: {ratio:.2f}x float32 ({shape}); export float32"
             )
             warnings.warn(notes["bfloat16"], UserWarning, stacklevel=4)  # torchship.export's caller
-    judges: list[validate.Judge] = []  # built on first use (the int8 gate): it runs the eager model once
+    judges: dict[str, validate.Judge] = {}  # built on first use (the int8 gate): each runs the eager model once
 
-    def judge() -> validate.Judge:
-        if not judges:
+    def judge(kind: str = "gate") -> validate.Judge:
+        if kind not in judges:
             cosine = staging.task_def.agreement == "cosine"
             minimum = options.min_cosine if cosine else options.min_top1
-            judges.append(validate.Judge(staging, reference_fn, minimum=minimum, texts=gate,
-                                         source=str(options.gate_texts) if gate else None))  # fmt: skip
-        return judges[0]
+            texts, source = (gate, str(options.gate_texts) if gate else None) if kind == "gate" else (
+                validate.stress_texts(), validate.STRESS_SOURCE)  # fmt: skip
+            judges[kind] = validate.Judge(staging, reference_fn, minimum=minimum, texts=texts, source=source)
+        return judges[kind]
 
     for name in options.formats:
         steps.set_postfix_str(f"{name}: validating parity")
@@ -237,6 +238,9 @@ def _build(
         def agreement(name: str = name) -> validate.Agreement:
             return judge()(validate.run_format(staging, name))
 
+        def unusual(name: str = name) -> validate.Agreement:
+            return judge("stress")(validate.run_format(staging, name))
+
         def use(backend: formats.Backend, name: str = name) -> None:
             staging.engine.backends[name] = backend
 
@@ -250,7 +254,8 @@ def _build(
             return validate.calibration_batches(staging, validate.calibration_texts())
 
         refined = fmt.refine(job, entries[0], formats.Refiner(use, lambda tolerance=None, c=check: c(tolerance),
-                                                               measure, cosine, agreement, calibration))  # fmt: skip
+                                                               measure, cosine, agreement, calibration,
+                                                               unusual))  # fmt: skip
         for key, note in refined.get("notes", {}).items():  # a format's note joins the torch formats' one
             notes[key] = f"{notes[key]}; {name}: {note}" if key in notes else note
         if "precision" in refined:

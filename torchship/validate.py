@@ -8,6 +8,7 @@ collected into one error.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -232,14 +233,18 @@ GATE_MODULES = (
 
 
 GATE_TEXTS = 256
+STRESS_TEXTS = 64
+STRESS_SOURCE = "validate.stress_texts: tables, code, ids, rules, other scripts, one word or symbol, repeats"
 
 
-def calibration_texts(n: int = 128) -> list[str]:
-    """``n`` texts of the same source as ``gate_texts()`` that its default sample does not hold, short and long
-    alike: what static int8 sets its activation ranges on, so that the gate judges it on texts it never saw."""
+def calibration_texts(n: int = 128, stress: int = STRESS_TEXTS) -> list[str]:
+    """What static int8 sets its activation ranges on: ``n`` texts of the same source as ``gate_texts()`` that its
+    default sample does not hold, short and long alike, so that the gate judges it on texts it never saw, and
+    ``stress`` texts unlike prose (``stress_texts``, a seed the report does not use), so that unusual text is not
+    clipped."""
     judged = set(gate_texts())
     rest = [t for t in gate_texts(GATE_TEXTS + 4 * n) if t not in judged]
-    return rest[:: max(1, len(rest) // n)][:n]
+    return rest[:: max(1, len(rest) // n)][:n] + stress_texts(stress, seed=1)
 
 
 def calibration_batches(predictor: Predictor, texts: list[str]) -> list[dict[str, torch.Tensor]]:
@@ -275,6 +280,104 @@ def gate_texts(n: int = GATE_TEXTS) -> list[str]:
     short, long = list(dict.fromkeys(short)), list(dict.fromkeys(long))  # aliases share their docstrings
     texts = short[: n - n // 4] + long[: n // 4]
     return texts + short[n - n // 4 : 2 * n - len(texts) - n // 4]  # too few long ones: more short ones
+
+
+_PHRASES = (
+    "Die Funktion gibt eine Liste der Schlüssel zurück, sortiert nach ihrem Wert.",
+    "La fonction renvoie la liste des clés, triée selon leur valeur.",
+    "La función devuelve una lista de claves ordenadas por su valor.",
+    "Функция возвращает список ключей, отсортированный по значению.",
+    "该函数返回按值排序的键列表。",
+    "この関数は値でソートされたキーのリストを返します。",
+    "تعيد الدالة قائمة المفاتيح مرتبة حسب قيمتها.",
+    "Deploy done ✅ 🚀 — latency p99 ↓ 12 % (was 48 ms → 42 ms) 🎉",
+    "naïve café résumé coöperate façade jalapeño Zürich Ångström",
+)
+
+
+def stress_texts(n: int = STRESS_TEXTS, seed: int = 0) -> list[str]:
+    """``n`` texts unlike prose, of the kinds that push activations past the ranges prose sets: grid, simple and
+    Markdown tables, lines of Python source, ids (URLs, paths, hashes, numbers, dates), rules of one repeated
+    character, other scripts and emoji, one word or one symbol, one word repeated. Made from the words of
+    ``gate_texts()`` and the standard library's source by ``seed``, so every machine has the same ones.
+
+    Static int8 calibrates on them as well as on prose (``calibration_texts``): calibrated on prose alone, its
+    per-tensor activation ranges clip a table's, and the corpus' two ASCII tables fell to cosine 0.992 while the
+    gate held 0.9958 on the corpus' other half. Every int8 export reports its agreement on another ``seed`` of
+    them, ungated: a single symbol is the hardest text an int8 encoder meets."""
+    import importlib
+    import inspect
+
+    rng = random.Random(seed)
+    words = sorted({w.strip(".,;:()'\"`") for t in gate_texts() for w in t.split()} - {""})
+    sources: list[list[str]] = []
+    for name in GATE_MODULES:
+        module = importlib.import_module(name)
+        for _, obj in sorted(vars(module).items()):
+            if inspect.isfunction(obj) and obj.__module__ == name:
+                with contextlib.suppress(OSError, TypeError):
+                    sources.append([line.strip() for line in inspect.getsource(obj).splitlines() if line.strip()])
+
+    def some(k: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(k))
+
+    def grid() -> str:
+        widths = [rng.randint(6, 22) for _ in range(rng.randint(2, 4))]
+
+        def rule(c: str) -> str:
+            return "+" + "+".join(c * (w + 2) for w in widths) + "+"
+
+        def row() -> str:
+            return "| " + " | ".join(some(rng.randint(1, 2))[:w].ljust(w) for w in widths) + " |"
+
+        body = [part for _ in range(rng.randint(2, 5)) for part in (row(), rule("-"))]
+        return " ".join([rule("-"), row(), rule("="), *body])
+
+    def simple() -> str:
+        widths = [rng.randint(5, 14) for _ in range(rng.randint(2, 4))]
+        rule = " ".join("=" * w for w in widths)
+        rows = [" ".join(some(1)[:w].ljust(w) for w in widths) for _ in range(rng.randint(3, 7))]
+        return " ".join([rule, rows[0], rule, *rows[1:], rule])
+
+    def markdown() -> str:
+        k = rng.randint(2, 4)
+        rows = ["| " + " | ".join(some(rng.randint(1, 3)) for _ in range(k)) + " |" for _ in range(rng.randint(3, 6))]
+        return " ".join([rows[0], "|" + "|".join(["---"] * k) + "|", *rows[1:]])
+
+    def code() -> str:
+        lines = rng.choice(sources)
+        start = rng.randrange(len(lines))
+        return " ".join(lines[start : start + rng.randint(3, 12)])
+
+    def ids() -> str:
+        module = rng.choice(GATE_MODULES)
+        made = [
+            f"https://docs.python.org/3/library/{module}.html#{rng.choice(words)}",
+            f"/usr/lib/python3/{module.replace('.', '/')}.py:{rng.randint(1, 3000)}",
+            f"{rng.getrandbits(64):016x}",
+            f"{rng.uniform(-1e6, 1e6):.6g}",
+            f"{rng.randint(1, 10**9):,}",
+            f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randrange(60):02d}Z",
+            f"{rng.choice(words).lower()}@example.com",
+            f"v{rng.randint(0, 9)}.{rng.randint(0, 40)}.{rng.randint(0, 9)}",
+        ]
+        return " ".join(rng.choice(made) for _ in range(rng.randint(3, 12)))
+
+    def rule() -> str:
+        c = rng.choice("-=*#~_.")
+        return f"{c * rng.randint(8, 60)} {some(rng.randint(1, 4)).upper()} {c * rng.randint(8, 60)}"
+
+    def script() -> str:
+        return f"{rng.choice(_PHRASES)} {some(rng.randint(0, 4))}".strip()
+
+    def tiny() -> str:
+        return rng.choice([some(1), rng.choice("?!.-=*#|"), some(2), some(1).upper()])
+
+    def repeated() -> str:
+        return " ".join([rng.choice(words)] * rng.randint(8, 120))
+
+    kinds = (grid, simple, markdown, code, ids, rule, script, tiny, repeated)
+    return [kinds[i % len(kinds)]() for i in range(n)]
 
 
 @dataclass

@@ -150,7 +150,8 @@ class Refiner:
     its lowest cosine similarity to that model, per output (validate.measure_cosine); ``agreement()`` its
     validate.Agreement with that model on real text, as the task's results are read, against the export's gate;
     ``calibration()`` inputs by name, real text the gate does not judge in the runtime's micro-batches, to set
-    static int8's activation ranges on (validate.calibration_texts)."""
+    static int8's activation ranges on (validate.calibration_texts); ``unusual()`` its validate.Agreement on text
+    unlike prose (validate.stress_texts), reported, not gated."""
 
     use: Callable[[Backend], None]
     check: Callable[..., Any]
@@ -158,6 +159,7 @@ class Refiner:
     cosine: Callable[[], dict[str, float]]
     agreement: Callable[[], Any]
     calibration: Callable[[], list[dict[str, torch.Tensor]]]
+    unusual: Callable[[], Any]
 
 
 class Format:

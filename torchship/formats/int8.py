@@ -158,13 +158,14 @@ def finish(
         if ratio >= PAYS
         else f"int8 does not pay on this CPU ({ratio:.2f}x float32, under {PAYS}x): export float32"
     )
-    agreed = gated.agreed
+    agreed, unusual = gated.agreed, refiner.unusual()
     held = f"; {agreed.metric} {agreed.worst:.5f} >= {agreed.minimum} on real text"
     if gated.kept:
         groups = f"{len(gated.kept)} of {len(gated.sensitivity)} layer groups"
         held += f" with {groups} kept in float32 ({', '.join(gated.kept)})"
     if gated.escalated:
         held += f"; {gated.escalated} of them kept because the compiled graph missed the gate the trials held"
+    held += f"; {unusual.metric} {unusual.worst:.5f} on {unusual.texts} texts unlike prose (not gated)"
     return {
         "notes": {"int8": pays + held},
         "precision": {
@@ -175,6 +176,7 @@ def finish(
             "tolerance": tolerance,
             "min_cosine": cosine,
             "gate": {**agreed.summary(), "quantized_whole": round(gated.whole.worst, 7)},
+            "unusual_text": {k: v for k, v in unusual.summary().items() if k not in ("min", "held")},
             "float32_layers": list(gated.kept),
             "sensitivity": gated.sensitivity,
             "speedup_vs_float32": {"shape": shape, "ratio": round(ratio, 3)},

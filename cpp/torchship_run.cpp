@@ -1,27 +1,34 @@
 // torchship-run: run a torchship artifact from C++ (libtorch), no Python.
 //
-//   torchship-run ARTIFACT [--format torchscript|aoti] [--no-verify] < inputs.jsonl > outputs.jsonl
+//   torchship-run ARTIFACT [--format torchscript|aoti] [--output NAME]... [--no-verify] < inputs.jsonl > outputs.jsonl
 //
 // Reads manifest.json, checks every file it lists against its sha256 (as the Python runtime does; --no-verify
 // skips this), loads model.pt with torch::jit::load (one method per bucket) or model.pt2 with
 // torch::inductor::AOTIModelPackageLoader, then for every JSON line of token ids on stdin,
 //   {"input_ids": [...], "attention_mask": [...], "token_type_ids": [...]}
 // pads to the right length (the smallest bucket, or a multiple of 8 for .pt2), runs the model, and writes one
-// JSON line keyed by output name, with per-token outputs cut back to the input's length.
+// JSON line keyed by output name (every output, or those named by --output), with per-token outputs cut back to
+// the input's length. TorchScript's float32 linear layers run on oneDNN where that is measured faster (below).
 // Errors go to stderr as one line, with exit code 1 (bad artifact) or 2 (bad input line).
 
 #include <torch/script.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -44,6 +51,7 @@ struct Artifact {
   std::vector<std::string> inputs;
   std::vector<std::string> outputs;
   std::vector<std::optional<int64_t>> seq_axis;  // per output: the axis to cut, if any
+  std::vector<bool> written;                      // per output: whether it is written (--output; all by default)
   int64_t max_length = 0;
   int64_t pad_token_id = 0;
 };
@@ -117,6 +125,130 @@ void verify(const Artifact& a) {
   }
 }
 
+// ---- float32 linear layers on oneDNN's prepacked kernels, as torchship.load does (formats/torchscript.py) ----
+// MKL's sgemm, behind aten::linear on x86, picks slow kernels on AMD CPUs: at all-MiniLM-L6-v2's layers oneDNN's
+// prepacked linear ran 1.2-1.8x faster on an AVX-512 EPYC. model.pt stays plain TorchScript; the graphs are
+// rewritten in memory, before their first run. TORCHSHIP_ONEDNN_LINEAR=1 or 0 forces the choice; unset, it is
+// measured here at the model's largest layer (machine.onednn_linear_pace).
+
+constexpr const char* kOneDnnEnv = "TORCHSHIP_ONEDNN_LINEAR";
+constexpr double kOneDnnPays = 1.05;  // machine.ONEDNN_PAYS
+
+at::Tensor call_op(const char* name, const char* overload, torch::jit::Stack stack) {
+  c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+at::Tensor pack_weight(const at::Tensor& weight) {
+  return call_op("mkldnn::_reorder_linear_weight", "", {weight, c10::IValue()});
+}
+
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias) {
+  return call_op("mkldnn::_linear_pointwise", "",
+                 {x, packed, bias, std::string("none"), c10::List<std::optional<at::Scalar>>(), std::string("")});
+}
+
+struct Linear {
+  std::shared_ptr<torch::jit::Graph> graph;
+  torch::jit::Node* node;
+  at::Tensor weight;
+};
+
+// Each aten::linear whose weight is a float32 matrix folded into the graph (a frozen module's).
+std::vector<Linear> float32_linears(const std::vector<std::shared_ptr<torch::jit::Graph>>& graphs) {
+  std::vector<Linear> found;
+  for (const auto& graph : graphs) {
+    for (auto* node : graph->nodes()) {
+      if (node->kind() != c10::Symbol::fromQualString("aten::linear")) continue;
+      auto* weight = node->input(1);
+      if (weight->node()->kind() != c10::prim::Constant) continue;
+      auto value = torch::jit::toIValue(weight);
+      if (value && value->isTensor() && value->toTensor().scalar_type() == at::kFloat && value->toTensor().dim() == 2)
+        found.push_back({graph, node, value->toTensor()});
+    }
+  }
+  return found;
+}
+
+// The fastest of at least 5 runs and 0.02 s in all, after a warm-up (machine.fastest).
+template <typename F>
+double fastest(F run) {
+  run();
+  double best = 1e30, total = 0;
+  for (int i = 0; i < 5 || total < 0.02; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    run();
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    best = std::min(best, took);
+    total += took;
+  }
+  return best;
+}
+
+// aten::linear's time over oneDNN's at a layer of this shape: the geometric mean over 16, 128 and 1024 rows.
+double onednn_pace(int64_t out_features, int64_t in_features) {
+  torch::manual_seed(0);
+  const auto w = torch::randn({out_features, in_features});
+  const auto b = torch::randn({out_features});
+  const auto packed = pack_weight(w);
+  torch::InferenceMode guard;
+  double product = 1;
+  for (const int64_t rows : {16, 128, 1024}) {
+    const auto x = torch::randn({1, rows, in_features});
+    product *= fastest([&] { at::linear(x, w, b); }) / fastest([&] { onednn_linear(x, packed, b); });
+  }
+  return std::cbrt(product);
+}
+
+// Whether to rewrite, and why: the environment forces it, else a measurement at the largest layer decides.
+std::pair<bool, std::string> onednn_pays(const std::vector<Linear>& linears) {
+  const char* env = std::getenv(kOneDnnEnv);
+  const std::string forced = env ? env : "";
+  if (forced == "0" || forced == "1") return {forced == "1", std::string(kOneDnnEnv) + "=" + forced};
+  if (!forced.empty())
+    throw std::runtime_error(std::string(kOneDnnEnv) + "='" + forced +
+                             "': set it to 1 (always oneDNN), 0 (never), or leave it unset");
+  if (!at::hasMKLDNN()) return {false, "this libtorch has no oneDNN"};
+  const auto largest = std::max_element(linears.begin(), linears.end(), [](const Linear& a, const Linear& b) {
+    return a.weight.numel() < b.weight.numel();
+  });
+  const double pace = onednn_pace(largest->weight.size(0), largest->weight.size(1));
+  char why[160];
+  std::snprintf(why, sizeof(why), "oneDNN's prepacked linear ran %.2fx aten::linear at %ld->%ld: %s", pace,
+                static_cast<long>(largest->weight.size(1)), static_cast<long>(largest->weight.size(0)),
+                pace >= kOneDnnPays ? "pays" : "does not pay (under 1.05x)");
+  return {pace >= kOneDnnPays, why};
+}
+
+// aten::linear(x, W, b) -> mkldnn::_linear_pointwise(x, pack(W), b, "none", [], ""), each weight packed once and
+// shared by every method that holds it. Returns the number of weights packed.
+size_t prepack_linears(const std::vector<Linear>& linears) {
+  std::map<std::pair<const void*, int64_t>, at::Tensor> packed;
+  for (const auto& [graph, node, weight] : linears) {
+    const auto key = std::make_pair(weight.data_ptr(), weight.numel());
+    if (!packed.count(key)) packed[key] = pack_weight(weight);
+    torch::jit::WithInsertPoint point(node);
+    auto* scalars = graph->insertNode(graph->createList(c10::OptionalType::create(c10::NumberType::get()), {}));
+    auto* constant = graph->insertNode(graph->create(c10::prim::Constant));  // insertConstant refuses opaque tensors
+    constant->t_(c10::attr::value, packed[key]);
+    constant->output()->inferTypeFrom(packed[key]);
+    std::vector<torch::jit::Value*> inputs = {node->input(0), constant->output(), node->input(2),
+                                              graph->insertConstant(std::string("none")), scalars->output(),
+                                              graph->insertConstant(std::string(""))};
+    auto* linear = graph->insertNode(graph->create(c10::Symbol::fromQualString("mkldnn::_linear_pointwise"), inputs, 1));
+    linear->output()->setType(node->output()->type());
+    node->output()->replaceAllUsesWith(linear->output());
+    node->destroy();
+  }
+  std::vector<torch::jit::Graph*> done;
+  for (const auto& linear : linears) {
+    if (std::find(done.begin(), done.end(), linear.graph.get()) != done.end()) continue;
+    torch::jit::EliminateDeadCode(linear.graph);  // the float32 weights' constants, now unused
+    done.push_back(linear.graph.get());
+  }
+  return packed.size();
+}
+
 // A loaded format: the length it pads to, and how it runs.
 class Backend {
  public:
@@ -128,11 +260,23 @@ class Backend {
 class TorchScriptBackend : public Backend {
  public:
   explicit TorchScriptBackend(const Artifact& a) {
+    // the legacy executor, as torchship.load runs TorchScript on the CPU: the profiling one specializes a graph per
+    // input shape, which on the CPU bought no speed and held twice the memory (README, "Memory of a long job")
+    torch::jit::getProfilingMode() = false;
     const auto& entries = a.manifest.at("formats").at("torchscript");
     module_ = torch::jit::load(a.root + "/" + entries.at(0).at("file").get<std::string>());
     module_.eval();
     for (const auto& e : entries) buckets_.push_back(e.at("seq").get<int64_t>());
     std::sort(buckets_.begin(), buckets_.end());
+    std::vector<std::shared_ptr<torch::jit::Graph>> graphs;
+    for (const auto seq : buckets_) graphs.push_back(module_.get_method("seq_" + std::to_string(seq)).graph());
+    if (module_.find_method("forward")) graphs.push_back(module_.get_method("forward").graph());
+    const auto linears = float32_linears(graphs);
+    if (linears.empty()) return;
+    const auto [pays, why] = onednn_pays(linears);
+    const std::string where = pays ? "on oneDNN (" + std::to_string(prepack_linears(linears)) + " weights packed)"
+                                   : "as traced";
+    std::cerr << "torchship-run: linear layers " << where << ": " << why << "\n";
   }
   int64_t pad_length(int64_t seq) const override {
     auto it = std::lower_bound(buckets_.begin(), buckets_.end(), seq);
@@ -225,6 +369,7 @@ json run_line(const Artifact& a, Backend& backend, const json& line) {
   auto outputs = backend.run(length, inputs);
   json result = json::object();
   for (size_t i = 0; i < a.outputs.size(); ++i) {
+    if (!a.written[i]) continue;
     auto out = outputs.at(i)[0];  // drop the batch axis
     if (a.seq_axis[i]) out = out.narrow(*a.seq_axis[i] - 1, 0, seq);
     result[a.outputs[i]] = to_json(out);
@@ -235,20 +380,25 @@ json run_line(const Artifact& a, Backend& backend, const json& line) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // oneDNN keeps a compiled kernel per shape, 1024 by default; bounded as torchship.load bounds it (machine.py)
+  setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32", 0);
   std::string root, format = "torchscript";
+  std::vector<std::string> wanted;
   bool check = true;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--format" && i + 1 < argc) {
       format = argv[++i];
+    } else if (arg == "--output" && i + 1 < argc) {
+      wanted.push_back(argv[++i]);
     } else if (arg == "--no-verify") {
       check = false;
     } else if (arg == "-h" || arg == "--help") {
-      std::cout << "usage: torchship-run ARTIFACT [--format torchscript|aoti] [--no-verify] < ids.jsonl > outputs.jsonl\n";
+      std::cout << "usage: torchship-run ARTIFACT [--format torchscript|aoti] [--output NAME]... [--no-verify] < ids.jsonl > outputs.jsonl\n";
       return 0;
     } else if (arg.rfind("-", 0) == 0 || !root.empty()) {
       std::cerr << "torchship-run: error: unexpected argument '" << arg
-                << "'; usage: torchship-run ARTIFACT [--format torchscript|aoti] [--no-verify]\n";
+                << "'; usage: torchship-run ARTIFACT [--format torchscript|aoti] [--output NAME]... [--no-verify]\n";
       return 1;
     } else {
       root = arg;
@@ -262,6 +412,15 @@ int main(int argc, char** argv) {
   std::unique_ptr<Backend> backend;
   try {
     artifact = read_artifact(root);
+    for (const auto& name : wanted) {
+      if (std::find(artifact.outputs.begin(), artifact.outputs.end(), name) == artifact.outputs.end()) {
+        std::string known;
+        for (const auto& o : artifact.outputs) known += (known.empty() ? "" : ", ") + o;
+        throw std::runtime_error("--output " + name + ": the artifact has no such output; its outputs are " + known);
+      }
+    }
+    for (const auto& name : artifact.outputs)
+      artifact.written.push_back(wanted.empty() || std::find(wanted.begin(), wanted.end(), name) != wanted.end());
     if (check) verify(artifact);
     if (!artifact.manifest.at("formats").contains(format))
       throw std::runtime_error("artifact has no '" + format + "' format; export it with --format " + format);

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +18,7 @@ from torchship.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BINARY = ROOT / "build" / "cpp" / "torchship-run"
+ENV = "TORCHSHIP_ONEDNN_LINEAR"  # machine.ONEDNN_ENV: forces oneDNN's linear layers (1) or not (0)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +46,40 @@ def _token_lines(artifact: Path, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "aoti"])
-def test_cpp_matches_python(binary: Path, both_formats: Path, fmt: str, capsys) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "onednn"), [("torchscript", None), ("torchscript", "1"), ("torchscript", "0"), ("aoti", None)]
+)
+def test_cpp_matches_python(binary: Path, both_formats: Path, fmt: str, onednn: str | None, capsys) -> None:
+    """Both formats match Python; TorchScript's float32 linear layers run on oneDNN where measured faster, or as
+    forced (TORCHSHIP_ONEDNN_LINEAR), as torchship.load runs them, with every weight packed once."""
+    from torchship.formats import torchscript
+
     lines = _token_lines(both_formats, capsys)
     assert len(lines.splitlines()) == len(TEXTS)
+    env = {k: v for k, v in os.environ.items() if k != ENV}
     run = subprocess.run(
-        [str(binary), str(both_formats), "--format", fmt], input=lines, capture_output=True, text=True, check=False
-    )
+        [str(binary), str(both_formats), "--format", fmt], input=lines, capture_output=True, text=True, check=False,
+        env=env if onednn is None else {**env, ENV: onednn},
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
+    if fmt == "torchscript":
+        module = torch.jit.load(str(both_formats / "model.pt"))
+        graphs = [getattr(module, f"seq_{seq}").graph for seq in (8, 32)]
+        packed = torchscript.prepack_linears(graphs)  # what the Python runtime packs for the same file
+        assert packed > 0
+        said = run.stderr.strip()
+        if onednn == "1":
+            assert said == f"torchship-run: linear layers on oneDNN ({packed} weights packed): {ENV}=1"
+        elif onednn == "0":
+            assert said == f"torchship-run: linear layers as traced: {ENV}=0"
+        else:  # measured at the largest layer: either way, said with the measurement
+            assert re.fullmatch(
+                rf"torchship-run: linear layers (on oneDNN \({packed} weights packed\)|as traced): oneDNN's prepacked "
+                r"linear ran \d+\.\d\dx aten::linear at \d+->\d+: (pays|does not pay \(under 1\.05x\))",
+                said,
+            ), said
+    else:
+        assert run.stderr == ""
     outputs = [json.loads(line) for line in run.stdout.splitlines()]
     predictor = torchship.load(both_formats, format=fmt)
     for line, out in zip(lines.splitlines(), outputs, strict=True):
@@ -114,6 +143,32 @@ def test_cpp_checks_every_file_against_its_sha256(binary: Path, both_formats: Pa
     missing = subprocess.run([str(binary), str(art), "--format", "aoti"], input="", capture_output=True, text=True)
     assert missing.returncode == 1
     assert "artifact file model.pt2 is missing" in missing.stderr
+
+
+def test_cpp_writes_only_the_outputs_asked_for(binary: Path, both_formats: Path, capsys) -> None:
+    lines = _token_lines(both_formats, capsys)
+    everything = subprocess.run([str(binary), str(both_formats)], input=lines, capture_output=True, text=True)
+    pooled = subprocess.run(
+        [str(binary), str(both_formats), "--output", "pooler_output"], input=lines, capture_output=True, text=True
+    )
+    assert pooled.returncode == 0, pooled.stderr
+    for whole, only in zip(everything.stdout.splitlines(), pooled.stdout.splitlines(), strict=True):
+        assert json.loads(only) == {"pooler_output": json.loads(whole)["pooler_output"]}
+    bad = subprocess.run(
+        [str(binary), str(both_formats), "--output", "pooled"], input=lines, capture_output=True, text=True
+    )
+    assert bad.returncode == 1
+    assert bad.stdout == ""
+    assert "--output pooled: the artifact has no such output; its outputs are last_hidden_state, pooler_output" in (
+        bad.stderr
+    )
+
+
+def test_cpp_rejects_a_bad_onednn_setting(binary: Path, both_formats: Path) -> None:
+    env = {**os.environ, "TORCHSHIP_ONEDNN_LINEAR": "yes"}
+    r = subprocess.run([str(binary), str(both_formats)], input="", capture_output=True, text=True, env=env)
+    assert r.returncode == 1
+    assert "TORCHSHIP_ONEDNN_LINEAR='yes': set it to 1 (always oneDNN), 0 (never), or leave it unset" in r.stderr
 
 
 def test_cpp_rejects_unknown_arguments(binary: Path, both_formats: Path) -> None:

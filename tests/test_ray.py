@@ -159,7 +159,9 @@ def test_dataset_on_ray_is_exactly_once_when_an_actor_is_killed(
     local_ray: None, demo_artifact: Path, corpus_file: Path, tmp_path: Path
 ) -> None:
     """Kill one embedding actor's process mid-run: Ray restarts it and retries its part, and since a part is
-    written whole under a temporary name and renamed, the dataset still holds every row exactly once."""
+    written whole under a temporary name and renamed, the dataset still holds every row exactly once. What the
+    killed actor was writing is swept when the job ends (a half-written file stands in for it: whether the kill
+    lands mid-write is up to timing)."""
     import pyarrow.dataset as ds
 
     local, remote = tmp_path / "local", tmp_path / "ray"
@@ -175,6 +177,7 @@ def test_dataset_on_ray_is_exactly_once_when_an_actor_is_killed(
             if len(done) >= 2 and pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
+                (remote / f".part-00000-000001.parquet.tmp-{pids[0]}").write_bytes(b"PAR1 half")
             time.sleep(0.05)
 
     thread = threading.Thread(target=killer)

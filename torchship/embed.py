@@ -331,9 +331,7 @@ def embed_dataset(artifact: str | Path, input_spec: str, output: str, options: E
     for name in list(done):  # a recorded part whose file is gone is done again
         if name not in present:
             del done[name]
-    for info in present.values():  # a crash mid-write leaves hidden temporary files: nothing refers to them
-        if info.base_name.startswith(".part-"):
-            filesystem.delete_file(info.path)
+    _sweep(filesystem, root)  # a crash mid-write leaves hidden temporary files: nothing refers to them
     todo = [p for p in parts if p.name not in done]
     total = sum(p.chunk.count for p in todo)
     bar = _progress(total, options.progress, resumed=len(parts) - len(todo), parts=len(parts))
@@ -350,6 +348,8 @@ def embed_dataset(artifact: str | Path, input_spec: str, output: str, options: E
                 bar.update(result["rows"])
     finally:
         bar.close()
+    if options.ray:  # an actor killed mid-part left its temporary file; the part was written again elsewhere
+        _sweep(filesystem, root)
     record.data["complete"] = True
     record.save()
     seconds = time.perf_counter() - started
@@ -376,6 +376,14 @@ def _check_artifact(artifact: Path) -> int:
     if not tasks.get(manifest.task).embeds:
         raise OptionsError(f"torchship embed needs a feature-extraction artifact; this one is {manifest.task}")
     return manifest.max_length
+
+
+def _sweep(filesystem: Any, root: str) -> None:
+    """Delete the hidden temporary files of parts (``.part-*.tmp-PID``) in ``root``: at a job's start, what a crashed
+    run left; on Ray at its end, what a killed actor left (no writer is alive then: every part has landed)."""
+    for info in _listing(filesystem, root):
+        if info.base_name.startswith(".part-"):
+            filesystem.delete_file(info.path)
 
 
 def _listing(filesystem: Any, root: str) -> list[Any]:

@@ -380,8 +380,10 @@ json run_line(const Artifact& a, Backend& backend, const json& line) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // oneDNN keeps a compiled kernel per shape, 1024 by default; bounded as torchship.load bounds it (machine.py)
+  // oneDNN and its PyTorch wrapper (ideep) each keep a compiled kernel per shape, 1024 by default; bounded as
+  // torchship.load bounds them (machine.py)
   setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32", 0);
+  setenv("LRU_CACHE_CAPACITY", "32", 0);
   std::string root, format = "torchscript";
   std::vector<std::string> wanted;
   bool check = true;

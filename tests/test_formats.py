@@ -658,3 +658,27 @@ def test_torchscript_runs_its_float32_linears_on_onednn_where_that_measured_fast
     monkeypatch.setenv(machine.ONEDNN_ENV, "yes")
     with pytest.raises(torchship.OptionsError, match="set it to 1 .* 0 .* or leave it unset"):
         torchship.load(tiny_bert_artifact, format="torchscript")
+
+
+def test_a_torchscript_load_bounds_both_onednn_kernel_caches_unless_the_user_set_them(tiny_bert_artifact: Path) -> None:
+    """oneDNN and its PyTorch wrapper (ideep) each keep up to 1024 compiled kernels, one per shape, and a
+    padding-free graph sees a new shape nearly every call: unbounded, a server grew by about 2 MB per 100 calls
+    (benchmarks/memory.py). A CPU load of ``model.pt`` bounds both before the first kernel is made, in the loading
+    process's environment, and leaves a value the user set alone. Each case runs in a fresh process, as the caches
+    read their bound once."""
+    from torchship import machine
+
+    script = (
+        "import json, os, sys, torch, torchship\n"
+        "p = torchship.load(sys.argv[1], format='torchscript')\n"
+        "p.run(torch.ones(1, 9, dtype=torch.long) * 1000, torch.ones(1, 9, dtype=torch.long))\n"
+        "print(json.dumps({k: os.environ.get(k) for k in sys.argv[2:]}))\n"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in machine.ONEDNN_CACHES}
+    for given, expected in (({}, [str(machine.ONEDNN_CACHE)] * 2), ({"LRU_CACHE_CAPACITY": "7"}, ["32", "7"])):
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(tiny_bert_artifact), *machine.ONEDNN_CACHES],
+            capture_output=True, text=True, env={**base, **given, machine.ONEDNN_ENV: "1"}, check=True,
+        )  # fmt: skip
+        seen = json.loads(run.stdout.strip().splitlines()[-1])
+        assert [seen[k] for k in machine.ONEDNN_CACHES] == expected, (given, seen)

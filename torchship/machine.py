@@ -150,13 +150,21 @@ def onednn_linear_pays(out_features: int, in_features: int, threads: int) -> tup
 # nearly every call: 600 calls of random shapes grew a process
 # from 0.47 to 2.27 GB with oneDNN's linears, against 1.39 GB with MKL's, and to 1.43 GB with 32 kernels kept, at
 # no cost in corpus time (compiling one takes far less than running it; 2-core EPYC, 2026-12-02).
+# PyTorch's oneDNN wrapper (ideep) keeps its own cache of those kernels, keyed by shape, 1024 by default
+# (LRU_CACHE_CAPACITY): what it holds outlives oneDNN's own bound, so the process still grew by about 2 MB per 100
+# calls, 365 to 821 MB over 600 calls of 1-32 corpus texts; with 32 kept it stayed at 440-451 MB, MKL's level,
+# and the corpus ran as fast (2-core AVX2 EPYC, 2026-12-02). A call needs 4 (one per linear shape; every layer
+# shares them).
 ONEDNN_CACHE = 32
+ONEDNN_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # oneDNN's, then ideep's
 
 
 def bound_onednn_cache() -> None:
-    """Keep at most ``ONEDNN_CACHE`` compiled oneDNN kernels, unless the user set ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``.
-    oneDNN reads it when it first compiles a kernel, so this takes effect only before the process's first."""
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
+    """Keep at most ``ONEDNN_CACHE`` compiled oneDNN kernels in each of oneDNN's and ideep's caches, unless the user
+    set ``ONEDNN_CACHES``. Both are read when the first kernel is made, so this takes effect only before the
+    process's first."""
+    for name in ONEDNN_CACHES:
+        os.environ.setdefault(name, str(ONEDNN_CACHE))
 
 
 @functools.cache

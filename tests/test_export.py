@@ -145,6 +145,40 @@ def test_parity_failure_names_every_output_and_leaves_nothing(tiny_bert_dir: Pat
     assert list(tmp_path.iterdir()) == [], "the temporary export directory must be removed"
 
 
+def test_every_format_is_checked_on_the_same_cases_and_the_eager_model_runs_each_once(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parity cases (rows cut to lengths just under each bucket, padding inside the batch) are the same for
+    every format, so the eager reference is computed once per case, not once per format; the cases are still cut
+    to the exact lengths asked, segment ids included."""
+    from torchship import exporter, validate
+
+    calls: list[tuple[int, ...]] = []
+    real = exporter.eager_fn
+
+    def counting(wrapper: object) -> validate.EagerFn:
+        run = real(wrapper)  # type: ignore[arg-type]
+
+        def counted(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            calls.append(tuple(inputs["input_ids"].shape))
+            return run(inputs)
+
+        return counted
+
+    monkeypatch.setattr(exporter, "eager_fn", counting)
+    out = torchship.export(tiny_bert_dir, tmp_path / "a", torchship.ExportOptions(seq_lengths=(8, 16, 32)))
+    manifest = _manifest(out)
+    assert set(manifest["formats"]) == {"torchscript", "onnx"}
+    assert manifest["formats"]["onnx"][0]["parity"]["passed"]
+    assert len(calls) == len(set(calls)) == 3, calls  # a batch per bucket, for both formats (and any fused graph)
+
+    tokenizer = torchship.load(out).encoder.tokenizer
+    lengths = [3, 4, 7, 12, 31, 64]
+    encoded = validate.rows_at_lengths(tokenizer, lengths, seed=0)
+    assert [len(ids) for ids in encoded.ids] == lengths
+    assert all(1 in types for types, n in zip(encoded.type_ids, lengths, strict=True) if n >= 5)
+
+
 def test_interrupted_export_leaves_nothing_loadable(tiny_bert_dir: Path, tmp_path: Path, monkeypatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt

@@ -182,9 +182,10 @@ def _build(
     staging = Predictor(tmp, manifest, LoadOptions(verify=False))
     batch = options.batch_size + 1
     reference_fn = eager_fn(ExportWrapper(reference, input_names, output_names).eval())
+    parity_fn = validate.memoized(reference_fn)  # every format's parity checks run the same cases
     tolerance: dict[str, float] = {}
     if model is not reference:  # measured, not guessed: the eager model in this dtype against float32
-        tolerance = validate.measure_tolerance(staging, eager_fn(wrapper), reference_fn, batch=batch, grid=buckets)
+        tolerance = validate.measure_tolerance(staging, eager_fn(wrapper), parity_fn, batch=batch, grid=buckets)
         manifest.precision = {
             "dtype": options.dtype,
             "device": options.device,
@@ -224,16 +225,16 @@ def _build(
 
         def check(tol: dict[str, float] | None = None, name: str = name) -> validate.ParityReport:
             return validate.check(
-                staging, reference_fn, batch=batch, atol=atol, grid=buckets, tolerance=tol or tolerance, format=name
+                staging, parity_fn, batch=batch, atol=atol, grid=buckets, tolerance=tol or tolerance, format=name
             )
 
         def measure(name: str = name) -> dict[str, float]:
             ran = validate.run_format(staging, name)
-            return validate.measure_tolerance(staging, ran, reference_fn, batch=batch, grid=buckets, seed=1)
+            return validate.measure_tolerance(staging, ran, parity_fn, batch=batch, grid=buckets, seed=1)
 
         def cosine(name: str = name) -> dict[str, float]:
             ran = validate.run_format(staging, name)
-            return validate.measure_cosine(staging, ran, reference_fn, batch=batch, grid=buckets, seed=1)
+            return validate.measure_cosine(staging, ran, parity_fn, batch=batch, grid=buckets, seed=1)
 
         def agreement(name: str = name) -> validate.Agreement:
             return judge()(validate.run_format(staging, name))

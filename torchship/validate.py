@@ -50,7 +50,11 @@ def rows_at_lengths(base: Tokenizer, lengths: list[int], seed: int) -> Encoded:
     tok.no_padding()
     for i, n in enumerate(lengths):
         tok.enable_truncation(n)
-        enc = tok.encode(*synthetic_pairs(1, seed + i)[0])
+        question, context = synthetic_pairs(1, seed + i)[0]
+        # n words are at least n tokens, and 64 more keep the context the longer of the two, as truncation (longest
+        # first) needs to cut the same: whole, its overflow (which truncation computes too) cost up to 0.15 s a row
+        # at short lengths, 1.7 s of each parity check of a 12-bucket artifact
+        enc = tok.encode(question, " ".join(context.split()[: n + 64]))
         encoded.ids.append(np.asarray(enc.ids, dtype=np.int64))
         encoded.type_ids.append(np.asarray(enc.type_ids, dtype=np.int64))
         encoded.offsets.append(list(enc.offsets))
@@ -151,6 +155,28 @@ def _diffs(
             )
         diffs[name] = float((a - b).abs().max())
     return diffs
+
+
+def memoized(eager: EagerFn) -> EagerFn:
+    """``eager``, remembering its outputs by the content of its inputs: the parity cases (``_cases``) are the same
+    for every format of an export, and the eager model ran them again for each (about 1.3 s a check of 12 buckets
+    of all-MiniLM-L6-v2 on 2 cores). Meant for those cases, a batch per grid length: it keeps every answer."""
+    import hashlib
+
+    seen: dict[bytes, dict[str, torch.Tensor]] = {}
+
+    def run(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        digest = hashlib.blake2b(digest_size=16)
+        for name in sorted(inputs):
+            tensor = inputs[name].detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.numpy().tobytes())
+        key = digest.digest()
+        if key not in seen:
+            seen[key] = eager(inputs)
+        return seen[key]
+
+    return run
 
 
 def run_format(predictor: Predictor, format: str | None) -> EagerFn:

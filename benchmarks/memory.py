@@ -102,8 +102,9 @@ def main() -> int:
         growth = (mb[-1] - mb[1]) / max(args.calls - args.every, 1) * 100
         results[name]["growth_mb_per_100"] = round(growth, 2)
         readings = ", ".join(f"{m:.0f}" for m in mb)
+        seconds = results[name]["seconds"]
         print(f"{name:18} MB at 0, {args.every}, ... {args.calls} calls: {readings}; "
-              f"{growth:+.1f} MB per 100 calls after {args.every}; {results[name]['seconds']:.1f} s", flush=True)  # fmt: skip
+              f"{growth:+.1f} MB per 100 calls after {args.every}; {seconds:.1f} s", flush=True)  # fmt: skip
     if "mkl" in results:
         mkl = results["mkl"]["mb"]
         assert isinstance(mkl, list)

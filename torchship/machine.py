@@ -130,7 +130,7 @@ def onednn_linear_pace(
     latency to a corpus micro-batch's throughput) of MKL's time over oneDNN's, each the fastest of ``runs`` runs
     taken by turns (``fastest_pair``), on this process's threads. MKL picks slower kernels on AMD CPUs:
     all-MiniLM-L6-v2's FFN layer ran 1.2-1.8x faster in oneDNN on a 2-core EPYC with AVX-512 (2026-12-02); on an
-    AVX2 EPYC oneDNN led at 16 rows and trailed at 1024 (2026-12-01), and led 1.3-1.6x overall (2026-12-02)."""
+    AVX2 EPYC oneDNN led at 16 rows and trailed at 1024 (2026-12-01), and led 1.25-1.37x overall, quiet (2026-12-02)."""
     generator = torch.Generator().manual_seed(0)
     w = torch.randn(out_features, in_features, generator=generator)
     b = torch.randn(out_features, generator=generator)

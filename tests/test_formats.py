@@ -662,10 +662,10 @@ def test_torchscript_runs_its_float32_linears_on_onednn_where_that_measured_fast
 
 def test_a_torchscript_load_bounds_both_onednn_kernel_caches_unless_the_user_set_them(tiny_bert_artifact: Path) -> None:
     """oneDNN and its PyTorch wrapper (ideep) each keep up to 1024 compiled kernels, one per shape, and a
-    padding-free graph sees a new shape nearly every call: unbounded, a server grew by about 2 MB per 100 calls
-    (benchmarks/memory.py). A CPU load of ``model.pt`` bounds both before the first kernel is made, in the loading
-    process's environment, and leaves a value the user set alone. Each case runs in a fresh process, as the caches
-    read their bound once."""
+    padding-free graph sees a new shape nearly every call: with ideep's unbounded, a process grew by 25 MB per 100
+    calls over 600 (benchmarks/memory.py). A CPU load of ``model.pt`` bounds both before the first kernel is made,
+    in the loading process's environment, and leaves a value the user set alone. Each case runs in a fresh
+    process, as the caches read their bound once."""
     from torchship import machine
 
     script = (

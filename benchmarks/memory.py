@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from common import arguments, corpus, machine, pin_threads, rss_bytes, save
 
@@ -40,7 +41,7 @@ SETUPS = {  # name -> (format, environment)
 CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # left to torchship unless a setup sets them
 
 
-def child(artifact: Path, fmt: str, calls: int, every: int, threads: int) -> dict[str, object]:
+def child(artifact: Path, fmt: str, calls: int, every: int, threads: int) -> dict[str, Any]:
     """Run in the setup's own process: the readings (MB) and the seconds the calls took."""
     import warnings
 
@@ -85,7 +86,7 @@ def main() -> int:
 
         torchship.export("demo", artifact, torchship.ExportOptions(overwrite=True))
     base = {k: v for k, v in os.environ.items() if k not in CACHES}
-    results: dict[str, dict[str, object]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name in only:
         _, env = SETUPS[name]
         run = subprocess.run(
@@ -98,7 +99,6 @@ def main() -> int:
             return 1
         results[name] = json.loads(run.stdout.strip().splitlines()[-1])
         mb = results[name]["mb"]
-        assert isinstance(mb, list)
         growth = (mb[-1] - mb[1]) / max(args.calls - args.every, 1) * 100
         results[name]["growth_mb_per_100"] = round(growth, 2)
         readings = ", ".join(f"{m:.0f}" for m in mb)
@@ -107,11 +107,8 @@ def main() -> int:
               f"{growth:+.1f} MB per 100 calls after {args.every}; {seconds:.1f} s", flush=True)  # fmt: skip
     if "mkl" in results:
         mkl = results["mkl"]["mb"]
-        assert isinstance(mkl, list)
         for name, result in results.items():
-            mb = result["mb"]
-            assert isinstance(mb, list)
-            print(f"{name:18} last reading {mb[-1] / mkl[-1]:.2f}x MKL's")
+            print(f"{name:18} last reading {result['mb'][-1] / mkl[-1]:.2f}x MKL's")
     save({"machine": machine(), "calls": args.calls, "every": args.every, "threads": args.threads,
           "results": results}, args.output)  # fmt: skip
     return 0

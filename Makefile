@@ -43,8 +43,9 @@ $(TRITON_VENV)/.installed: pyproject.toml | $(UV)
 	touch $@
 
 demo: $(VENV)/.demo-installed
-	$(VENV)/bin/torchship export demo artifacts/minilm --overwrite
-	$(PY) examples/seed_demo.py artifacts/minilm
+	@# Bytecode is written even where PYTHONDONTWRITEBYTECODE is set, as for `make test`: about 20 s less per process.
+	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/torchship export demo artifacts/minilm --overwrite
+	env -u PYTHONDONTWRITEBYTECODE $(PY) examples/seed_demo.py artifacts/minilm
 
 test: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

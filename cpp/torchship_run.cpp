@@ -172,7 +172,7 @@ std::vector<Linear> float32_linears(const std::vector<std::shared_ptr<torch::jit
 }
 
 // The fastest run of each of two, run by turns (at least 5 each and 0.04 s in all, after a warm-up of each), so
-// that another process's load hits both alike (machine.fastest_pair).
+// that another process's load hits both alike (machine.fastest_by_turns).
 template <typename F, typename G>
 std::pair<double, double> fastest_pair(F first, G second) {
   first();

@@ -660,6 +660,39 @@ def test_torchscript_runs_its_float32_linears_on_onednn_where_that_measured_fast
         torchship.load(tiny_bert_artifact, format="torchscript")
 
 
+def test_a_quiet_pace_is_recorded_per_machine_and_reused_instead_of_measured_again(tmp_path: Path) -> None:
+    """A load burst flipped oneDNN's verdict 1 time in 12: a pace measured quiet is recorded in the export cache's
+    directory, keyed by machine and PyTorch, and a later load reuses it; a disturbed one is used but not recorded;
+    a damaged or unwritable record only costs the measurement."""
+    from torchship import machine
+
+    def never() -> float:
+        raise AssertionError("measured again")
+
+    (tmp_path / machine.PACES).write_text(json.dumps({machine.pace_key("k"): {"pace": 2.5, "when": "2026-12-02"}}))
+    assert machine.recorded_pace("k", never, tmp_path) == (2.5, "measured quiet on this machine on 2026-12-02")
+
+    pace, when = machine.recorded_pace("other", lambda: 0.75, tmp_path)  # the load here decides which branch runs
+    assert pace == 0.75
+    recorded = json.loads((tmp_path / machine.PACES).read_text())
+    assert recorded[machine.pace_key("k")]["pace"] == 2.5  # the other record kept
+    if when == "measured now, recorded":
+        assert recorded[machine.pace_key("other")]["pace"] == 0.75
+        assert machine.recorded_pace("other", never, tmp_path)[0] == 0.75
+    else:
+        assert when.startswith("measured now while other processes used")
+        assert when.endswith("; not recorded")
+        assert machine.pace_key("other") not in recorded
+
+    (tmp_path / machine.PACES).write_text("{not json")
+    assert machine.recorded_pace("k", lambda: 1.25, tmp_path)[0] == 1.25
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert machine.recorded_pace("k", lambda: 1.5, blocked)[0] == 1.5  # its directory is a file: nothing written
+    assert blocked.read_text() == ""
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_a_torchscript_load_bounds_both_onednn_kernel_caches_unless_the_user_set_them(tiny_bert_artifact: Path) -> None:
     """oneDNN and its PyTorch wrapper (ideep) each keep up to 1024 compiled kernels, one per shape, and a
     padding-free graph sees a new shape nearly every call: with ideep's unbounded, a process grew by 25 MB per 100

@@ -8,15 +8,19 @@ process, if they do not, so the runtime re-times them at load (``LoadOptions.cal
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .cache import default_dir
 from .errors import OptionsError
 
 if TYPE_CHECKING:
@@ -62,53 +66,38 @@ def native_bfloat16() -> bool | None:
 
 def bfloat16_pace(hidden: int, intermediate: int, tokens: int = 128, runs: int = 5, seconds: float = 0.05) -> float:
     """float32 time over bfloat16 time of one dense layer at a model's shape (``tokens`` x ``hidden`` ->
-    ``intermediate``, the FFN's first and largest GEMM), each the fastest of at least ``runs`` runs and
-    ``seconds`` after a warm-up (the fastest: what the kernels can do, which other processes only slow down), on
+    ``intermediate``, the FFN's first and largest GEMM), each the fastest of at least ``runs`` runs taken by turns
+    (``fastest_by_turns``: what the kernels can do, which other processes only slow down, and alike), on
     this process's threads: above 1, bfloat16 is the faster. Without bfloat16 arithmetic PyTorch converts the
     operands to float32 and runs slower than float32 itself (0.11-0.15x at all-MiniLM-L6-v2's shape on a 2-core
     AVX2 EPYC, quiet, 2026-12-01). float32 is the faster of PyTorch's linear and oneDNN's prepacked one: 2.30x
     against the first alone, 1.7-1.9x against both on an AVX512-BF16 EPYC (2026-12-02)."""
     generator = torch.Generator().manual_seed(0)
     x, w = torch.randn(tokens, hidden, generator=generator), torch.randn(intermediate, hidden, generator=generator)
-    best = []
     with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            a, b = x.to(dtype), w.to(dtype)
-            best.append(fastest(functools.partial(torch.nn.functional.linear, a, b), runs, seconds))
+        candidates = [functools.partial(torch.nn.functional.linear, x, w)]
         if onednn_linear():  # float32 TorchScript runs on oneDNN where that is the faster (onednn_linear_pays)
             packed = torch.ops.mkldnn._reorder_linear_weight(w)
-            onednn = functools.partial(torch.ops.mkldnn._linear_pointwise, x, packed, None, "none", [], "")
-            best[0] = min(best[0], fastest(onednn, runs, seconds))
-    return best[0] / best[1]
+            candidates.append(functools.partial(torch.ops.mkldnn._linear_pointwise, x, packed, None, "none", [], ""))
+        candidates.append(functools.partial(torch.nn.functional.linear, x.to(torch.bfloat16), w.to(torch.bfloat16)))
+        *float32, bfloat16 = fastest_by_turns(candidates, runs, seconds)
+    return min(float32) / bfloat16
 
 
-def fastest(run: Callable[[], object], runs: int = 5, seconds: float = 0.05) -> float:
-    """The fastest of at least ``runs`` runs of ``run`` and ``seconds`` in all, after a warm-up."""
-    run()
-    times: list[float] = []
-    while len(times) < runs or sum(times) < seconds:
-        start = time.perf_counter()
+def fastest_by_turns(candidates: Sequence[Callable[[], object]], runs: int = 5, seconds: float = 0.05) -> list[float]:
+    """The fastest run of each of ``candidates``, run by turns (at least ``runs`` each and ``seconds`` in all, after a
+    warm-up of each), so that another process's load hits them alike: timed one after the other, a burst on the
+    2-core EPYC while a test suite ran put oneDNN's pace at 0.55-2.64x over 12 measurements (3 of them under
+    1.05x), by turns at 1.19-2.47x."""
+    for run in candidates:
         run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def fastest_pair(
-    first: Callable[[], object], second: Callable[[], object], runs: int = 5, seconds: float = 0.05
-) -> tuple[float, float]:
-    """The fastest run of each of ``first`` and ``second``, run by turns (at least ``runs`` each and ``seconds`` in
-    all, after a warm-up of each), so that another process's load hits both alike: timed one after the other, a
-    burst on the 2-core EPYC while a test suite ran put oneDNN's pace at 0.55-2.64x over 12 measurements (3 of
-    them under 1.05x), by turns at 1.19-2.47x."""
-    first()
-    second()
-    times: tuple[list[float], list[float]] = ([], [])
-    while len(times[0]) < runs or sum(times[0]) + sum(times[1]) < seconds:
-        for run, took in zip((first, second), times, strict=True):
+    times: list[list[float]] = [[] for _ in candidates]
+    while len(times[0]) < runs or sum(map(sum, times)) < seconds:
+        for run, took in zip(candidates, times, strict=True):
             start = time.perf_counter()
             run()
             took.append(time.perf_counter() - start)
-    return min(times[0]), min(times[1])
+    return [min(took) for took in times]
 
 
 def onednn_linear() -> bool:
@@ -128,7 +117,7 @@ def onednn_linear_pace(
     """How much faster oneDNN's prepacked float32 linear runs than PyTorch's own (``F.linear``: MKL's sgemm on
     x86) at a layer of ``in_features`` -> ``out_features``: the geometric mean over ``tokens`` rows (one text's
     latency to a corpus micro-batch's throughput) of MKL's time over oneDNN's, each the fastest of ``runs`` runs
-    taken by turns (``fastest_pair``), on this process's threads. MKL picks slower kernels on AMD CPUs:
+    taken by turns (``fastest_by_turns``), on this process's threads. MKL picks slower kernels on AMD CPUs:
     all-MiniLM-L6-v2's FFN layer ran 1.2-1.8x faster in oneDNN on a 2-core EPYC with AVX-512 (2026-12-02); on an
     AVX2 EPYC oneDNN led at 16 rows and trailed at 1024 (2026-12-01), and led 1.25-1.37x overall, quiet (2026-12-02)."""
     generator = torch.Generator().manual_seed(0)
@@ -141,7 +130,7 @@ def onednn_linear_pace(
             x = torch.randn(1, m, in_features, generator=generator)
             mkl = functools.partial(torch.nn.functional.linear, x, w, b)
             onednn = functools.partial(torch.ops.mkldnn._linear_pointwise, x, packed, b, "none", [], "")
-            mkl_s, onednn_s = fastest_pair(mkl, onednn, runs, 2 * seconds)
+            mkl_s, onednn_s = fastest_by_turns((mkl, onednn), runs, 2 * seconds)
             product *= mkl_s / onednn_s
     return float(product ** (1 / len(tokens)))
 
@@ -157,10 +146,10 @@ def onednn_linear_pays(out_features: int, in_features: int, threads: int) -> tup
         raise OptionsError(f"{ONEDNN_ENV}={forced!r}: set it to 1 (always oneDNN), 0 (never), or leave it unset")
     if not onednn_linear():
         return False, "this PyTorch has no oneDNN prepacked linear"
-    pace = _onednn_pace(out_features, in_features, threads)
+    pace, when = _onednn_pace(out_features, in_features, threads)
     verdict = "pays" if pace >= ONEDNN_PAYS else f"does not pay (under {ONEDNN_PAYS}x)"
     shape = f"{in_features}->{out_features}"
-    return pace >= ONEDNN_PAYS, f"oneDNN's prepacked linear ran {pace:.2f}x PyTorch's at {shape}: {verdict}"
+    return pace >= ONEDNN_PAYS, f"oneDNN's prepacked linear ran {pace:.2f}x PyTorch's at {shape} ({when}): {verdict}"
 
 
 # oneDNN keeps a compiled kernel per shape it has run, up to 1024 of them by default, and a padding-free graph's
@@ -186,8 +175,48 @@ def bound_onednn_cache() -> None:
 
 
 @functools.cache
-def _onednn_pace(out_features: int, in_features: int, threads: int) -> float:
-    return onednn_linear_pace(out_features, in_features)
+def _onednn_pace(out_features: int, in_features: int, threads: int) -> tuple[float, str]:
+    key = f"onednn-linear {in_features}->{out_features} threads={threads}"
+    return recorded_pace(key, lambda: onednn_linear_pace(out_features, in_features))
+
+
+PACES = "paces.json"  # in the export cache's directory (cache.default_dir)
+
+
+def pace_key(key: str) -> str:
+    """``key`` on this machine (``fingerprint``) and PyTorch, as ``PACES`` records it."""
+    return json.dumps({**fingerprint(torch.device("cpu")), "torch": torch.__version__, "key": key}, sort_keys=True)
+
+
+def recorded_pace(key: str, measure: Callable[[], float], root: Path | None = None) -> tuple[float, str]:
+    """``measure()``'s pace for ``key`` on this machine and PyTorch, and when it was measured: the one recorded in
+    ``root/PACES`` (default: the export cache's directory) if a quiet measurement is there, else measured now and
+    recorded if quiet (other processes used under ``DISTURBED`` of the CPUs meanwhile). A pace decides between
+    equivalent kernels at each load; measured at each, a load burst flipped oneDNN's verdict 1 time in 12 on the
+    2-core EPYC (2026-12-02), and a recorded quiet one cannot flip. Delete the file to measure again. A cache that
+    cannot be read or written only costs the measurement."""
+    path = (root or default_dir()) / PACES
+    here = pace_key(key)
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    found = recorded.get(here) if isinstance(recorded, dict) else None
+    if isinstance(found, dict) and isinstance(found.get("pace"), float):
+        return found["pace"], f"measured quiet on this machine on {found.get('when', '?')}"
+    load = OthersLoad().start()
+    pace = measure()
+    others = load.share()
+    if others is not None and others >= DISTURBED:
+        return pace, f"measured now while other processes used {others:.0%} of the CPUs; not recorded"
+    recorded = recorded if isinstance(recorded, dict) else {}
+    recorded[here] = {"pace": pace, "when": time.strftime("%Y-%m-%d"), "others_load": others}
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{PACES}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(recorded, indent=1, sort_keys=True))
+        os.replace(partial, path)  # a reader sees the old file or the new one, never half of one
+    return pace, "measured now, recorded"
 
 
 def fingerprint(device: torch.device) -> dict[str, Any]:

@@ -499,6 +499,36 @@ def test_int8_search_keeps_the_fewest_most_sensitive_groups_and_discards_the_res
     assert (gated.kept, tried, gated.sensitivity) == ((), [()], {})
 
 
+def test_int8_search_orders_groups_by_a_probe_and_judges_only_what_it_chooses_between_in_full() -> None:
+    """With a probe (each group quantized alone, judged on a sample of the gate's texts and dropped), no trial
+    graph is made per group: the probe orders the groups, and only the bisection's graphs are made and judged
+    on every text. A probe that ranks differently from the full judge changes the order, never the gate."""
+    from torchship.formats import int8
+
+    loss = {"a": 0.004, "b": 0.02, "c": 0.001, "d": 0.008, "e": 0.0}
+    tried: list[tuple[str, ...]] = []
+    probed: list[tuple[str, ...]] = []
+
+    def trial(keep: tuple[str, ...]) -> tuple[_Agreement, tuple[str, ...]]:
+        tried.append(keep)
+        return _Agreement(1 - sum(v for g, v in loss.items() if g not in keep)), keep
+
+    def probe(keep: tuple[str, ...]) -> float:
+        probed.append(keep)
+        (alone,) = set(loss) - set(keep)
+        return 1 - {"a": 0.03, "b": 0.02}.get(alone, 0.0)  # a sample that thinks a the most sensitive
+
+    gated = int8.search(list(loss), trial, lambda graph: None, probe)
+    assert probed == [tuple(h for h in loss if h != g) for g in loss]  # each group alone, once
+    assert not set(probed) & set(tried)
+    assert sorted(gated.sensitivity, key=gated.sensitivity.get)[:2] == ["a", "b"]
+    # on the probe's order a, b, c, d, e: a and b kept hold (0.991), a alone does not (0.971); on the full judge's
+    # order b and d would have been kept
+    assert tried == [(), ("a", "b"), ("a",)]
+    assert gated.kept == ("a", "b") == gated.graph
+    assert gated.agreed.worst == pytest.approx(0.991)
+
+
 def test_int8_compiled_gate_keeps_more_groups_while_the_compiled_graph_misses() -> None:
     """AOTInductor's trials run the quantized module eagerly, a close proxy of the compiled package, not an exact
     one: when the compiled graph misses the gate, the next most sensitive group stays in float32 too."""

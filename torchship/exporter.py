@@ -214,8 +214,14 @@ def _build(
         if kind not in judges:
             cosine = staging.task_def.agreement == "cosine"
             minimum = options.min_cosine if cosine else options.min_top1
-            texts, source = (gate, str(options.gate_texts) if gate else None) if kind == "gate" else (
-                validate.stress_texts(), validate.STRESS_SOURCE)  # fmt: skip
+            texts: list[str] | None
+            source: str | None
+            if kind == "stress":
+                texts, source = validate.stress_texts(), validate.STRESS_SOURCE
+            else:  # "sample": what int8's sensitivities are measured on (int8.search), a quarter of the gate's
+                texts, source = gate, str(options.gate_texts) if gate else None
+                if kind == "sample":
+                    texts = (texts or validate.gate_texts())[:: validate.SAMPLE_EVERY]
             judges[kind] = validate.Judge(staging, reference_fn, minimum=minimum, texts=texts, source=source)
         return judges[kind]
 
@@ -236,8 +242,8 @@ def _build(
             ran = validate.run_format(staging, name)
             return validate.measure_cosine(staging, ran, parity_fn, batch=batch, grid=buckets, seed=1)
 
-        def agreement(name: str = name) -> validate.Agreement:
-            return judge()(validate.run_format(staging, name))
+        def agreement(name: str = name, *, sample: bool = False) -> validate.Agreement:
+            return judge("sample" if sample else "gate")(validate.run_format(staging, name))
 
         def unusual(name: str = name) -> validate.Agreement:
             return judge("stress")(validate.run_format(staging, name))

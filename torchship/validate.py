@@ -260,6 +260,7 @@ GATE_MODULES = (
 
 
 GATE_TEXTS = 256
+SAMPLE_EVERY = 4  # int8's sensitivities are measured on every 4th gate text (int8.search's probe)
 STRESS_TEXTS = 64
 STRESS_SOURCE = "validate.stress_texts: tables, code, ids, rules, other scripts, one word or symbol, repeats"
 

@@ -148,7 +148,9 @@ class Refiner:
     ``check(tolerance=None)`` returns its ParityReport against the eager model; ``measure()`` returns its
     measured drift from the float32 eager model, per output (for a lossy rewrite such as int8), and ``cosine()``
     its lowest cosine similarity to that model, per output (validate.measure_cosine); ``agreement()`` its
-    validate.Agreement with that model on real text, as the task's results are read, against the export's gate;
+    validate.Agreement with that model on real text, as the task's results are read, against the export's gate
+    (``agreement(sample=True)``: on every ``validate.SAMPLE_EVERY``-th of those texts, what int8's sensitivities
+    are measured on);
     ``calibration()`` inputs by name, real text the gate does not judge in the runtime's micro-batches, to set
     static int8's activation ranges on (validate.calibration_texts); ``unusual()`` its validate.Agreement on text
     unlike prose (validate.stress_texts), reported, not gated."""
@@ -157,7 +159,7 @@ class Refiner:
     check: Callable[..., Any]
     measure: Callable[[], dict[str, float]]
     cosine: Callable[[], dict[str, float]]
-    agreement: Callable[[], Any]
+    agreement: Callable[..., Any]  # (sample=False): on the gate's texts, or on a sample of them (int8.search)
     calibration: Callable[[], list[dict[str, torch.Tensor]]]
     unusual: Callable[[], Any]
 

@@ -248,7 +248,16 @@ class ONNX(Format):
             refiner.use(session(out, job.max_length, threads=None, snap=job.buckets))
             return refiner.agreement(), out
 
-        gated = int8.search(list(groups), trial, lambda out: out.unlink(missing_ok=True))
+        def probe(keep: tuple[str, ...]) -> float:
+            out = job.out / "model.int8.probe.onnx.tmp"
+            try:
+                quantize(path, out, exclude=[n for g in keep for n in groups[g]])
+                refiner.use(session(out, job.max_length, threads=None, snap=job.buckets))
+                return float(refiner.agreement(sample=True).worst)
+            finally:
+                out.unlink(missing_ok=True)
+
+        gated = int8.search(list(groups), trial, lambda out: out.unlink(missing_ok=True), probe)
         float32 = session(path, job.max_length, threads=None, snap=job.buckets)
         quantized = session(gated.graph, job.max_length, threads=None, snap=job.buckets)
         pace = int8.speedup(job, float32, quantized)

@@ -528,6 +528,17 @@ def test_int8_search_orders_groups_by_a_probe_and_judges_only_what_it_chooses_be
     assert gated.kept == ("a", "b") == gated.graph
     assert gated.agreed.worst == pytest.approx(0.991)
 
+    # the compiled gate measures the sensitivities it lacks by the probe too: no trial graph per group
+    loss = {"a": 0.001, "b": 0.003, "c": 0.002}  # the trials hold quantized whole; compiled, the whole misses
+    tried.clear()
+    probed.clear()
+    whole = int8.search(list(loss), trial, lambda graph: None, probe)
+    held = int8.hold_compiled(whole, list(loss), trial, lambda graph: _Agreement(0.9 if graph == () else 1.0),
+                              probe=probe)  # fmt: skip
+    assert probed == [tuple(h for h in loss if h != g) for g in loss]
+    assert tried == [(), ("a",)]  # the whole, then the probe's most sensitive kept
+    assert held.kept == ("a",)
+
 
 def test_int8_compiled_gate_keeps_more_groups_while_the_compiled_graph_misses() -> None:
     """AOTInductor's trials run the quantized module eagerly, a close proxy of the compiled package, not an exact

@@ -89,7 +89,7 @@ class AOTInductor(Format):
         program = _program(job, job.wrapper.eval())
         groups = linear_groups(program)
 
-        def trial(keep: tuple[str, ...]) -> tuple[Any, torch.nn.Module]:
+        def trial(keep: tuple[str, ...], *, sample: bool = False) -> tuple[Any, torch.nn.Module]:
             quantizer = _quantizer()
             for name in (n for g in keep for n in groups[g]):
                 quantizer.set_module_name_qconfig(name, None)  # stays float32
@@ -99,9 +99,12 @@ class AOTInductor(Format):
                 prepared(*example)  # dynamic activations: one pass records nothing but the graph's shape
                 module = convert_pt2e(prepared)
             refiner.use(Backend(self.name, job.max_length, None, _eager(module), snap=job.buckets))
-            return refiner.agreement(), module
+            return refiner.agreement(sample=sample), module
 
-        gated = int8.search(list(groups), trial, lambda module: None)
+        def probe(keep: tuple[str, ...]) -> float:
+            return float(trial(keep, sample=True)[0].worst)
+
+        gated = int8.search(list(groups), trial, lambda module: None, probe)
         path, compiled = job.out / FILE, job.out / "model.int8.pt2"
         float32 = _backend(path, job.max_length, job.buckets)
         loaded: list[Backend] = []
@@ -113,7 +116,7 @@ class AOTInductor(Format):
             return refiner.agreement()
 
         try:
-            gated = int8.hold_compiled(gated, list(groups), trial, judge)
+            gated = int8.hold_compiled(gated, list(groups), trial, judge, probe=probe)
             pace = int8.speedup(job, float32, loaded[0])
             compiled.replace(path)
         finally:

@@ -53,8 +53,9 @@ def search(
 
     ``probe(keep)``, where given, measures the sensitivities instead of ``trial``: the same graph judged on a
     sample of the gate's texts and dropped. They only order the groups; every graph the gate chooses between is
-    judged on all of them. The ONNX export of all-MiniLM-L6-v2 has 33 groups, and judging each on 256 texts was
-    two thirds of a 240 s int8 export on a 2-core EPYC (2026-12-02)."""
+    judged on all of them. all-MiniLM-L6-v2's ONNX graph has 33 groups: its gated int8 export took 347 s judging
+    each on all 256 texts, 185 s probing each on 64, and kept the same 10 groups at the same gate value (2-core
+    AVX2 EPYC, 2026-12-02). AOTInductor probes likewise; OpenVINO's trials do not yet."""
     trials: dict[tuple[str, ...], tuple[Any, T]] = {}
 
     def holds(keep: Sequence[str]) -> bool:
@@ -101,19 +102,23 @@ def hold_compiled(
     judge: Callable[[T], Any],
     *,
     limit: int = 3,
+    probe: Probe | None = None,
 ) -> Gated[T]:
     """The gate again, on the graph as it will run (``judge(graph)``: compile it, return its validate.Agreement),
     where ``search``'s trials ran a proxy of it (AOTInductor: the quantized module eagerly). While the compiled
     graph misses the gate, the next most sensitive group stays in float32 too, at most ``limit`` more times (each
     costs a compile). The sensitivities are measured here when the whole graph held in the trials, so none
-    were. Returns the choice with the compiled agreement; an OptionsError when it still misses."""
+    were (by ``probe`` where given, as in ``search``). Returns the choice with the compiled agreement; an
+    OptionsError when it still misses."""
     kept, graph, sensitivity = gated.kept, gated.graph, dict(gated.sensitivity)
     for extra in range(limit + 1):
         agreed = judge(graph)
         if agreed.holds():
             return Gated(kept, graph, agreed, gated.whole, sensitivity, escalated=extra)
         if not sensitivity:
-            sensitivity = {g: round(trial(tuple(h for h in groups if h != g))[0].worst, 7) for g in groups}
+            alone = {g: tuple(h for h in groups if h != g) for g in groups}
+            measure = probe or (lambda keep: float(trial(keep)[0].worst))
+            sensitivity = {g: round(measure(alone[g]), 7) for g in groups}
         rest = [g for g in sorted(groups, key=lambda g: sensitivity[g]) if g not in kept]
         if len(rest) <= 1 or extra == limit:
             break

@@ -499,6 +499,17 @@ def test_int8_search_keeps_the_fewest_most_sensitive_groups_and_discards_the_res
     assert (gated.kept, tried, gated.sensitivity) == ((), [()], {})
 
 
+def _gate_trial(loss: dict[str, float], tried: list[tuple[str, ...]]):  # noqa: ANN202
+    """A gate trial over made-up groups: the score is 1 minus the losses of the groups quantized (not in
+    ``keep``); the graph is ``keep`` itself; each trial is appended to ``tried``."""
+
+    def trial(keep: tuple[str, ...]) -> tuple[_Agreement, tuple[str, ...]]:
+        tried.append(keep)
+        return _Agreement(1 - sum(v for g, v in loss.items() if g not in keep)), keep
+
+    return trial
+
+
 def test_int8_search_orders_groups_by_a_probe_and_judges_only_what_it_chooses_between_in_full() -> None:
     """With a probe (each group quantized alone, judged on a sample of the gate's texts and dropped), no trial
     graph is made per group: the probe orders the groups, and only the bisection's graphs are made and judged
@@ -508,10 +519,7 @@ def test_int8_search_orders_groups_by_a_probe_and_judges_only_what_it_chooses_be
     loss = {"a": 0.004, "b": 0.02, "c": 0.001, "d": 0.008, "e": 0.0}
     tried: list[tuple[str, ...]] = []
     probed: list[tuple[str, ...]] = []
-
-    def trial(keep: tuple[str, ...]) -> tuple[_Agreement, tuple[str, ...]]:
-        tried.append(keep)
-        return _Agreement(1 - sum(v for g, v in loss.items() if g not in keep)), keep
+    trial = _gate_trial(loss, tried)
 
     def probe(keep: tuple[str, ...]) -> float:
         probed.append(keep)
@@ -532,6 +540,7 @@ def test_int8_search_orders_groups_by_a_probe_and_judges_only_what_it_chooses_be
     loss = {"a": 0.001, "b": 0.003, "c": 0.002}  # the trials hold quantized whole; compiled, the whole misses
     tried.clear()
     probed.clear()
+    trial = _gate_trial(loss, tried)
     whole = int8.search(list(loss), trial, lambda graph: None, probe)
     held = int8.hold_compiled(whole, list(loss), trial, lambda graph: _Agreement(0.9 if graph == () else 1.0),
                               probe=probe)  # fmt: skip
@@ -549,10 +558,7 @@ def test_int8_compiled_gate_keeps_more_groups_while_the_compiled_graph_misses() 
     penalty = 0.0045  # compiling costs this much more agreement: whole 0.9895 misses, with b kept 0.9925 holds
     tried: list[tuple[str, ...]] = []
     compiled: list[tuple[str, ...]] = []
-
-    def trial(keep: tuple[str, ...]) -> tuple[_Agreement, tuple[str, ...]]:
-        tried.append(keep)
-        return _Agreement(1 - sum(v for g, v in loss.items() if g not in keep)), keep
+    trial = _gate_trial(loss, tried)
 
     def judge(graph: tuple[str, ...]) -> _Agreement:
         compiled.append(graph)

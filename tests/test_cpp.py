@@ -75,7 +75,9 @@ def test_cpp_matches_python(binary: Path, both_formats: Path, fmt: str, onednn: 
         else:  # measured at the largest layer: either way, said with the measurement
             assert re.fullmatch(
                 rf"torchship-run: linear layers (on oneDNN \({packed} weights packed\)|as traced): oneDNN's prepacked "
-                r"linear ran \d+\.\d\dx aten::linear at \d+->\d+: (pays|does not pay \(under 1\.05x\))",
+                r"linear ran \d+\.\d\dx aten::linear at \d+->\d+ \((measured now, recorded|measured quiet on this "
+                r"machine on \d{4}-\d\d-\d\d|measured now while other processes used \d+% of the CPUs; not "
+                r"recorded)\): (pays|does not pay \(under 1\.05x\))",
                 said,
             ), said
     else:
@@ -94,6 +96,50 @@ def test_cpp_matches_python(binary: Path, both_formats: Path, fmt: str, onednn: 
         assert got_hidden.shape == (len(ids["input_ids"]), 32)  # cut back to the input's length
         np.testing.assert_allclose(got_hidden, want["last_hidden_state"][0].numpy(), atol=1e-5)
         np.testing.assert_allclose(np.asarray(out["pooler_output"]), want["pooler_output"][0].numpy(), atol=1e-5)
+
+
+def test_cpp_and_python_share_the_paces_recorded_per_machine(
+    binary: Path, both_formats: Path, tmp_path: Path, capsys
+) -> None:  # fmt: skip
+    """oneDNN's pace, measured quiet, is recorded under one key by either runtime and reused by both
+    (machine.recorded_pace): the C++ loader reads what Python recorded and records what Python then reads."""
+    from torchship import machine
+    from torchship.formats import torchscript
+
+    lines = _token_lines(both_formats, capsys)
+    module = torch.jit.load(str(both_formats / "model.pt"))
+    graphs = [getattr(module, f"seq_{seq}").graph for seq in (8, 32)]
+    out_features, in_features = torchscript._largest_linear(graphs)  # type: ignore[misc]
+    key = f"onednn-linear {in_features}->{out_features} threads=1"
+    env = {k: v for k, v in os.environ.items() if k != ENV} | {"TORCHSHIP_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+
+    def run() -> str:
+        done = subprocess.run([str(binary), str(both_formats)], input=lines, capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.splitlines()) == len(TEXTS)
+        return done.stderr.strip()
+
+    shape = f"{in_features}->{out_features}"
+    for pace, verdict in ((3.0, "on oneDNN"), (0.5, "as traced")):  # made-up paces, as if Python had recorded them
+        recorded = {machine.pace_key(key): {"pace": pace, "when": "2026-12-01", "others_load": 0.0}}
+        (tmp_path / machine.PACES).write_text(json.dumps(recorded))
+        said = run()
+        assert said.startswith(f"torchship-run: linear layers {verdict}"), said
+        assert f"ran {pace:.2f}x aten::linear at {shape} (measured quiet on this machine on 2026-12-01)" in said
+
+    (tmp_path / machine.PACES).write_text("{damaged")  # only costs the measurement
+    said = run()
+    assert re.search(rf"ran (\d+\.\d\d)x aten::linear at {shape} \(measured now", said), said
+    recorded = json.loads((tmp_path / machine.PACES).read_text()) if (tmp_path / machine.PACES).is_file() else {}
+    if "(measured now, recorded)" in said:  # quiet: what C++ recorded, Python reuses without measuring
+        pace, when = machine.recorded_pace(key, lambda: pytest.fail("Python measured again"), tmp_path)
+        assert f"ran {pace:.2f}x" in said
+        assert when.startswith("measured quiet on this machine on ")
+        assert set(recorded[machine.pace_key(key)]) == {"pace", "when", "others_load"}
+    else:  # the load here decides which branch runs; each asserts its own outcome
+        assert "% of the CPUs; not recorded)" in said, said
+        assert machine.pace_key(key) not in recorded
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_cpp_bad_input_is_a_clear_error(binary: Path, both_formats: Path) -> None:

@@ -260,9 +260,12 @@ def _build(
         def calibration() -> list[dict[str, torch.Tensor]]:
             return validate.calibration_batches(staging, validate.calibration_texts())
 
+        def batches() -> list[dict[str, torch.Tensor]]:
+            return judge("sample").batches
+
         refined = fmt.refine(job, entries[0], formats.Refiner(use, lambda tolerance=None, c=check: c(tolerance),
                                                                measure, cosine, agreement, calibration,
-                                                               unusual))  # fmt: skip
+                                                               unusual, batches))  # fmt: skip
         for key, note in refined.get("notes", {}).items():  # a format's note joins the torch formats' one
             notes[key] = f"{notes[key]}; {name}: {note}" if key in notes else note
         if "precision" in refined:

@@ -184,8 +184,11 @@ PACES = "paces.json"  # in the export cache's directory (cache.default_dir)
 
 
 def pace_key(key: str) -> str:
-    """``key`` on this machine (``fingerprint``) and PyTorch, as ``PACES`` records it."""
-    return json.dumps({**fingerprint(torch.device("cpu")), "torch": torch.__version__, "key": key}, sort_keys=True)
+    """``key`` on this machine (``fingerprint``) and PyTorch's release (without its build tag: the C++ loader, which
+    reads and writes the same records, knows only the release of the libtorch it was built against), as ``PACES``
+    records it."""
+    release = torch.__version__.split("+")[0]
+    return json.dumps({**fingerprint(torch.device("cpu")), "torch": release, "key": key}, sort_keys=True)
 
 
 def recorded_pace(key: str, measure: Callable[[], float], root: Path | None = None) -> tuple[float, str]:

@@ -153,7 +153,9 @@ class Refiner:
     are measured on);
     ``calibration()`` inputs by name, real text the gate does not judge in the runtime's micro-batches, to set
     static int8's activation ranges on (validate.calibration_texts); ``unusual()`` its validate.Agreement on text
-    unlike prose (validate.stress_texts), reported, not gated."""
+    unlike prose (validate.stress_texts), reported, not gated; ``batches()`` the gate's sample texts (those of
+    ``agreement(sample=True)``) in the runtime's micro-batches, inputs by name: what a reduced precision's speed
+    is timed on (int8.speedup)."""
 
     use: Callable[[Backend], None]
     check: Callable[..., Any]
@@ -162,6 +164,7 @@ class Refiner:
     agreement: Callable[..., Any]  # (sample=False): on the gate's texts, or on a sample of them (int8.search)
     calibration: Callable[[], list[dict[str, torch.Tensor]]]
     unusual: Callable[[], Any]
+    batches: Callable[[], list[dict[str, torch.Tensor]]]
 
 
 class Format:

@@ -117,7 +117,7 @@ class AOTInductor(Format):
 
         try:
             gated = int8.hold_compiled(gated, list(groups), trial, judge, probe=probe)
-            pace = int8.speedup(job, float32, loaded[0])
+            pace = int8.speedup(job, float32, loaded[0], refiner.batches())
             compiled.replace(path)
         finally:
             compiled.unlink(missing_ok=True)

@@ -11,7 +11,6 @@ and returns what the manifest records.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -55,7 +54,7 @@ def search(
     sample of the gate's texts and dropped. They only order the groups; every graph the gate chooses between is
     judged on all of them. all-MiniLM-L6-v2's ONNX graph has 33 groups: its gated int8 export took 347 s judging
     each on all 256 texts, 185 s probing each on 64, and kept the same 10 groups at the same gate value (2-core
-    AVX2 EPYC, 2026-12-02). AOTInductor probes likewise; OpenVINO's trials do not yet."""
+    AVX2 EPYC, 2026-12-02). AOTInductor and OpenVINO probe likewise."""
     trials: dict[tuple[str, ...], tuple[Any, T]] = {}
 
     def holds(keep: Sequence[str]) -> bool:
@@ -132,28 +131,44 @@ def hold_compiled(
     )
 
 
-def speedup(job: ExportJob, float32: Backend, int8: Backend) -> tuple[str, float]:
-    """float32's time over int8's at batch 8 and the longest bucket up to 128 (a corpus's typical shape), on the
-    threads the export runs with: each the fastest of at least 5 runs, the two by turns
-    (machine.fastest_by_turns). Medians of 5 runs taken one format after the other read 0.81x and 1.30x for the
-    same graphs in two exports a few minutes apart (the demo's ONNX, 2-core AVX2 EPYC, 2026-12-02), either side
-    of ``PAYS``."""
+def speedup(
+    job: ExportJob, float32: Backend, reduced: Backend, batches: Sequence[dict[str, Any]] | None = None
+) -> tuple[str, float]:  # fmt: skip
+    """float32's time over a reduced precision's (int8, bfloat16) on the threads the export runs with: on
+    ``batches`` (inputs by name, as the runtime runs them: Refiner.batches, the gate's sample of real text, short
+    and long) where given, else at batch 8 and the longest bucket up to 128. Each side the fastest of at least 5
+    runs, the two by turns (machine.fastest_by_turns). Medians of 5 runs taken one format after the other read
+    0.81x and 1.30x for the same graphs in two exports a few minutes apart (the demo's ONNX, 2-core AVX2 EPYC,
+    2026-12-02), either side of ``PAYS``. One shape says little of a corpus: dynamic int8 quantizes activations at
+    each call, which costs more of a short micro-batch, and padding-free graphs run only the real tokens."""
     import torch
 
     from ..machine import fastest_by_turns
 
-    seq = max([b for b in job.buckets if b <= 128] or job.buckets[:1])
-    generator = torch.Generator().manual_seed(0)
-    full = {
-        "input_ids": torch.randint(1000, 2000, (8, seq), generator=generator),
-        "attention_mask": torch.ones(8, seq, dtype=torch.long),
-        "token_type_ids": torch.zeros(8, seq, dtype=torch.long),
-    }
-    inputs = tuple(full[name] for name in job.input_names)
+    if batches:
+        feeds = [(b["input_ids"].shape[-1], tuple(b[name] for name in job.input_names)) for b in batches]
+        texts = sum(int(b["input_ids"].shape[0]) for b in batches)
+        shape = f"{texts} real texts in {len(feeds)} micro-batches"
+    else:
+        seq = max([b for b in job.buckets if b <= 128] or job.buckets[:1])
+        generator = torch.Generator().manual_seed(0)
+        full = {
+            "input_ids": torch.randint(1000, 2000, (8, seq), generator=generator),
+            "attention_mask": torch.ones(8, seq, dtype=torch.long),
+            "token_type_ids": torch.zeros(8, seq, dtype=torch.long),
+        }
+        feeds, shape = [(seq, tuple(full[name] for name in job.input_names))], f"8x{seq}"
+
+    def runs(backend: Backend) -> Callable[[], None]:
+        def run() -> None:
+            for length, inputs in feeds:
+                backend.run(length, inputs)
+
+        return run
+
     with torch.inference_mode():
-        runs = [functools.partial(backend.run, seq, inputs) for backend in (float32, int8)]
-        float32_s, int8_s = fastest_by_turns(runs, runs=5)
-    return f"8x{seq}", float32_s / int8_s
+        float32_s, reduced_s = fastest_by_turns([runs(float32), runs(reduced)], runs=5)
+    return shape, float32_s / reduced_s
 
 
 def finish(
@@ -169,9 +184,9 @@ def finish(
     entry.parity = report.summary()
     shape, ratio = pace
     pays = (
-        f"int8 pays on this CPU: {ratio:.2f}x float32"
+        f"int8 pays on this CPU: {ratio:.2f}x float32 on {shape}"
         if ratio >= PAYS
-        else f"int8 does not pay on this CPU ({ratio:.2f}x float32, under {PAYS}x): export float32"
+        else f"int8 does not pay on this CPU ({ratio:.2f}x float32 on {shape}, under {PAYS}x): export float32"
     )
     agreed, unusual = gated.agreed, refiner.unusual()
     held = f"; {agreed.metric} {agreed.worst:.5f} >= {agreed.minimum} on real text"
@@ -196,7 +211,7 @@ def finish(
             "sensitivity": gated.sensitivity,
             "speedup_vs_float32": {"shape": shape, "ratio": round(ratio, 3)},
             "measured_on": "parity cases drawn with seed 1; validated on those with seed 0; speed: "
-            f"{measured_on} float32 against int8 at one shape, each the fastest of 5 or more runs taken by turns "
+            f"{measured_on} float32 against int8 on {shape}, each the fastest of 5 or more runs taken by turns "
             "after a warm-up, at export",
             "rule": f"each output's max abs diff from the float32 reference <= atol ({report.atol:g}) + 1.5 x "
             "tolerance",

@@ -260,7 +260,7 @@ class ONNX(Format):
         gated = int8.search(list(groups), trial, lambda out: out.unlink(missing_ok=True), probe)
         float32 = session(path, job.max_length, threads=None, snap=job.buckets)
         quantized = session(gated.graph, job.max_length, threads=None, snap=job.buckets)
-        pace = int8.speedup(job, float32, quantized)
+        pace = int8.speedup(job, float32, quantized, refiner.batches())
         del float32
         gated.graph.replace(path)  # the int8 session holds the graph in memory: the rename does not touch it
         refiner.use(quantized)

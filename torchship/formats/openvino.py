@@ -127,10 +127,12 @@ def compiled(
     return Backend("openvino", max_length, None, run, snap=snap, torch_ops=False)
 
 
-def bfloat16_pace(job: ExportJob, model: Any = None) -> tuple[tuple[str, float] | None, str]:
+def bfloat16_pace(
+    job: ExportJob, model: Any = None, batches: list[dict[str, Any]] | None = None
+) -> tuple[tuple[str, float] | None, str]:  # fmt: skip
     """Whether this CPU runs the IR (``model``, or the export's) in bfloat16 natively (AMX or AVX512-BF16: the
     plugin's optimization capabilities list BF16; elsewhere a bf16 hint runs float32), and if so how fast against
-    float32 at the int8 gate's shape (int8.speedup): ``((shape, ratio) or None, a note)``."""
+    float32 on ``batches`` as int8 is timed (int8.speedup): ``((shape, ratio) or None, a note)``."""
     if "BF16" not in require_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         return None, (
             "this CPU has no native bfloat16 (AMX or AVX512-BF16): OpenVINO runs this IR in float32 here, and in "
@@ -139,9 +141,9 @@ def bfloat16_pace(job: ExportJob, model: Any = None) -> tuple[tuple[str, float] 
     model = _read(job.out / FILE) if model is None else model
     float32 = compiled(model, job.max_length, threads=None, workers=1, snap=job.buckets)
     bf16 = compiled(model, job.max_length, threads=None, workers=1, snap=job.buckets, precision="bf16")
-    shape, ratio = int8.speedup(job, float32, bf16)
+    shape, ratio = int8.speedup(job, float32, bf16, batches)
     verdict = "pays" if ratio >= int8.PAYS else f"does not pay (under {int8.PAYS}x): export float32"
-    return (shape, ratio), f"bfloat16 is native on this CPU and {verdict}: {ratio:.2f}x float32 at {shape}"
+    return (shape, ratio), f"bfloat16 is native on this CPU and {verdict}: {ratio:.2f}x float32 on {shape}"
 
 
 def _read(path: Path) -> Any:
@@ -304,7 +306,7 @@ class OpenVINO(Format):
 
     def refine(self, job: ExportJob, entry: FormatEntry, refiner: Refiner) -> dict[str, Any]:
         if job.options.dtype == "bfloat16":
-            return {"notes": {"bfloat16": bfloat16_pace(job)[1]}}
+            return {"notes": {"bfloat16": bfloat16_pace(job, batches=refiner.batches())[1]}}
         if job.options.dtype != "int8":
             return {}
         return self._compress(job, entry, refiner)
@@ -344,10 +346,10 @@ class OpenVINO(Format):
 
         groups = {g: kept for g, names in modules.items() if (kept := [n for n in names if n in nodes])}
 
-        def agreement(keep: tuple[str, ...], size: int | None) -> Any:
+        def agreement(keep: tuple[str, ...], size: int | None, *, sample: bool = False) -> Any:
             model = make([n for g in keep for n in groups[g]])
             refiner.use(compiled(model, job.max_length, threads=None, workers=1, snap=job.buckets, group=size))
-            return refiner.agreement()  # a trial's model is not kept: made again once chosen (memory)
+            return refiner.agreement(sample=sample)  # a trial's model is not kept: made again once chosen (memory)
 
         whole: dict[int | None, Any] = {}
         for size in sizes:
@@ -358,7 +360,10 @@ class OpenVINO(Format):
         def trial(keep: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
             return (whole[size] if not keep else agreement(keep, size)), keep
 
-        gated = int8.search(list(groups), trial, lambda keep: None)
+        def probe(keep: tuple[str, ...]) -> float:
+            return float(agreement(keep, size, sample=True).worst)
+
+        gated = int8.search(list(groups), trial, lambda keep: None, probe)
         model = make([n for g in gated.graph for n in groups[g]])
         if method == WEIGHTS:
             method += DYNAMIC.format(group=size) if size else UNGROUPED.format(groups=GROUPS, hidden=job.hidden_size)
@@ -366,7 +371,7 @@ class OpenVINO(Format):
             model.set_rt_info(str(size), RUNTIME_OPTION)
         baseline = compiled(float32, job.max_length, threads=None, workers=1, snap=job.buckets)
         chosen = compiled(model, job.max_length, threads=None, workers=1, snap=job.buckets)
-        pace = int8.speedup(job, baseline, chosen)
+        pace = int8.speedup(job, baseline, chosen, refiner.batches())
         del baseline
         # written beside and renamed over: the float32 IR is memory-mapped (read_model), so it is never overwritten
         written = path.with_name("model.int8.xml")
@@ -375,7 +380,7 @@ class OpenVINO(Format):
         written.replace(path)
         refiner.use(chosen)
         result = int8.finish(self.name, job, entry, refiner, gated, method=method, pace=pace, measured_on="OpenVINO")
-        bf16, said = bfloat16_pace(job, float32)
+        bf16, said = bfloat16_pace(job, float32, refiner.batches())
         if bf16 is not None:
             result["precision"]["bfloat16_vs_float32"] = {"shape": bf16[0], "ratio": round(bf16[1], 3)}
             if bf16[1] > pace[1]:

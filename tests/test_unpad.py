@@ -30,7 +30,7 @@ def test_padding_free_by_default_and_the_padded_layout_on_request(demo_dir: Path
         manifest = json.loads((art / "manifest.json").read_text())
         assert manifest["architecture"]["dense_layers"] == layout
         assert all(e["parity"]["passed"] for entries in manifest["formats"].values() for e in entries)
-        if art is default:  # q, k and v are unbound, not iterated: the trace has nothing to warn of (REVISION 3)
+        if art is default:  # q, k and v are unbound, not iterated: the trace has nothing to warn of (REVISION 3+)
             assert "TracerWarning" not in {w["category"] for w in manifest["export"]["warnings"]}
         predictor = torchship.load(art)
         encoded = predictor.encode(TEXTS)
@@ -40,6 +40,15 @@ def test_padding_free_by_default_and_the_padded_layout_on_request(demo_dir: Path
         for fmt in ("torchscript", "onnx"):
             got = predictor.run(inputs["input_ids"], inputs["attention_mask"], format=fmt)["logits"]
             np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"{layout} {fmt}")
+            # no real token at all: the padding-free graph gathers its padded layout from the real tokens
+            # (unpad.padded_sources), so it runs the first position as one rather than on zero tokens
+            empty = predictor.run(inputs["input_ids"], torch.zeros_like(inputs["attention_mask"]), format=fmt)
+            assert empty["logits"].shape == got.shape
+            assert torch.isfinite(empty["logits"]).all(), f"{layout} {fmt}"
+            mask = inputs["attention_mask"].clone()
+            mask[1] = 0  # a row of padding only beside real rows leaves theirs as they were
+            beside = predictor.run(inputs["input_ids"], mask, format=fmt)["logits"]
+            np.testing.assert_allclose(beside[[0, 2]], want[[0, 2]], atol=1e-4, err_msg=f"{layout} {fmt}")
 
 
 def test_unpad_needs_formats_that_take_shapes_from_the_data() -> None:

@@ -218,8 +218,10 @@ def test_gemm_peak_is_the_faster_of_mm_and_linear_in_each_dtype() -> None:
         t0 = time.perf_counter()
         torch.nn.functional.linear(a, b)
         linear_rate = 2 * n**3 / (time.perf_counter() - t0)
-        # best of several runs of both ops: at least the rate of one linear call, up to timing noise
-        assert gemm_peak(n=n, repeats=3, dtype=dtype) > 0.5 * linear_rate
+        # best of several runs of both ops: at least about the rate of one linear call. float16 mm's fallback runs
+        # ~100x slower than linear (what the peak must not count); a factor of 5 leaves room for another process's
+        # load during the peak's runs (3 runs and a factor of 2 failed once in a fresh-clone CI, 2026-12-02)
+        assert gemm_peak(n=n, repeats=10, dtype=dtype) > 0.2 * linear_rate
 
 
 def test_int8_is_onnx_aoti_or_openvino_on_cpu_only() -> None:
